@@ -1,0 +1,214 @@
+"""A local Flame cluster: session manager plus executor manager in one process.
+
+:class:`LocalCluster` is the asyncio object; :class:`ClusterThread` runs one on its
+own event loop in a daemon thread, for synchronous callers (the pytest plugin,
+the embedded default of flamepy, ``flame-local run``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import shutil
+import sys
+import tempfile
+import threading
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from flame_testkit._executor import (
+    DEFAULT_CAPACITY,
+    DEFAULT_KILL_GRACE,
+    DEFAULT_SOCKET_TIMEOUT,
+    ExecutorManager,
+    ExecutorManagerConfig,
+)
+from flame_testkit._launch import group_alive
+from flame_testkit._server import DEFAULT_HOST, FrontendServer
+from flame_testkit._servicer import FrontendOptions, FrontendServicer
+from flame_testkit._state import DEFAULT_RETRY_LIMIT, ClusterState
+from flamepy.proto import types_pb2
+
+log = logging.getLogger("flame_testkit.cluster")
+T = TypeVar("T")
+
+FLMRUN_APP = "flmrun"
+TEST_APP = "flmtest"
+FLMRUN_DESCRIPTION = "The Flame Runner application for executing customized Python applications."
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class LocalClusterConfig:
+    host: str = DEFAULT_HOST
+    port: int = 0
+    capacity: int = DEFAULT_CAPACITY
+    work_dir: Path | None = None
+    """Where instances run and logs go; a temporary directory when None."""
+    retry_limit: int = DEFAULT_RETRY_LIMIT
+    watch_events: bool = False
+    default_apps: bool = True
+    delay_release: int | None = None
+    """Idle release delay (seconds) for the default applications; server default when None."""
+    kill_grace: float = DEFAULT_KILL_GRACE
+    socket_timeout: float = DEFAULT_SOCKET_TIMEOUT
+    python: str = field(default_factory=lambda: sys.executable)
+
+
+def default_applications(config: LocalClusterConfig) -> dict[str, types_pb2.ApplicationSpec]:
+    """``flmrun`` (this workspace's runner, same interpreter) and the test app."""
+    flmrun = types_pb2.ApplicationSpec(
+        description=FLMRUN_DESCRIPTION,
+        command=config.python,
+        arguments=["-m", "flmrun"],
+        installer="python",
+    )
+    flmrun.schema.SetInParent()
+    test = types_pb2.ApplicationSpec(
+        description="Test application of flame-testkit: echo, fail, sleep, exit.",
+        command=config.python,
+        arguments=["-m", "flame_testkit._testapp"],
+    )
+    if config.delay_release is not None:
+        flmrun.delay_release = test.delay_release = config.delay_release
+    return {FLMRUN_APP: flmrun, TEST_APP: test}
+
+
+def _short_socket_dir() -> Path:
+    # Unix socket paths are limited to ~107 bytes: keep them under /tmp.
+    base = "/tmp" if Path("/tmp").is_dir() else None
+    return Path(tempfile.mkdtemp(prefix="flms-", dir=base))
+
+
+class LocalCluster:
+    """Frontend + executor manager on the running event loop."""
+
+    def __init__(self, config: LocalClusterConfig | None = None) -> None:
+        self.config = config or LocalClusterConfig()
+        self.state = ClusterState(retry_limit=self.config.retry_limit)
+        self._own_work_dir = self.config.work_dir is None
+        self.work_dir = self.config.work_dir or Path(tempfile.mkdtemp(prefix="flame-local-"))
+        self.socket_dir = _short_socket_dir()
+        self.executor_manager: ExecutorManager | None = None
+        self.server: FrontendServer | None = None
+        self.cache_endpoint: str | None = None
+
+    @property
+    def endpoint(self) -> str:
+        if self.server is None:
+            raise RuntimeError("the local cluster is not started")
+        return self.server.endpoint
+
+    @property
+    def launched_pids(self) -> list[int]:
+        return list(self.executor_manager.launched_pids) if self.executor_manager else []
+
+    async def start(self) -> LocalCluster:
+        if self.config.default_apps:
+            for name, spec in default_applications(self.config).items():
+                self.state.register_application(name, spec)
+        executors: list[ExecutorManager] = []
+        servicer = FrontendServicer(
+            self.state,
+            options=FrontendOptions(watch_events=self.config.watch_events),
+            executors=lambda: executors[0].executor_protos() if executors else [],
+            nodes=lambda: executors[0].node_protos() if executors else [],
+        )
+        self.server = FrontendServer(servicer, self.config.host, self.config.port)
+        await self.server.start()
+        manager = ExecutorManager(
+            self.state,
+            ExecutorManagerConfig(
+                work_dir=self.work_dir,
+                socket_dir=self.socket_dir,
+                frontend_endpoint=self.server.endpoint,
+                cache_endpoint=self.cache_endpoint,
+                capacity=self.config.capacity,
+                kill_grace=self.config.kill_grace,
+                socket_timeout=self.config.socket_timeout,
+            ),
+        )
+        executors.append(manager)
+        self.executor_manager = manager
+        await manager.start()
+        log.info("local Flame cluster up: frontend %s", self.server.endpoint)
+        return self
+
+    async def stop(self) -> None:
+        if self.executor_manager is not None:
+            await self.executor_manager.stop()
+        if self.server is not None:
+            await self.server.stop()
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
+        if self._own_work_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def leftover_processes(self) -> list[int]:
+        """Process groups of launched instances that still have a live process."""
+        return [pid for pid in self.launched_pids if group_alive(pid)]
+
+    async def __aenter__(self) -> LocalCluster:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+class ClusterThread:
+    """Run a :class:`LocalCluster` on its own event loop in a daemon thread."""
+
+    def __init__(self, config: LocalClusterConfig | None = None) -> None:
+        self.cluster = LocalCluster(config)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._main, name="flame-local", daemon=True)
+        self._started = False
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = START_TIMEOUT) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
+
+    def start(self) -> ClusterThread:
+        self._thread.start()
+        self.call(self.cluster.start(), START_TIMEOUT)
+        self._started = True
+        return self
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        try:
+            if self._started:
+                self.call(self.cluster.stop(), STOP_TIMEOUT)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(STOP_TIMEOUT)
+            self._loop.close()
+
+    @property
+    def endpoint(self) -> str:
+        return self.cluster.endpoint
+
+    @property
+    def cache_endpoint(self) -> str | None:
+        return self.cluster.cache_endpoint
+
+    def leftover_processes(self) -> list[int]:
+        return self.cluster.leftover_processes()
+
+    def __enter__(self) -> ClusterThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,34 @@
+"""One local cluster per process, started on demand for flamepy's embedded default."""
+
+from __future__ import annotations
+
+import atexit
+import threading
+
+from flame_testkit._cluster import ClusterThread, LocalClusterConfig
+
+_lock = threading.Lock()
+_cluster: ClusterThread | None = None
+
+EMBEDDED_DELAY_RELEASE = 5
+"""Idle instances of the embedded cluster are released after 5 s, not 60 s."""
+
+
+def embedded_cluster() -> ClusterThread:
+    """The process-wide local cluster, started on first use and stopped at exit."""
+    global _cluster
+    if _cluster is None:
+        with _lock:
+            if _cluster is None:
+                cluster = ClusterThread(LocalClusterConfig(delay_release=EMBEDDED_DELAY_RELEASE))
+                cluster.start()
+                atexit.register(_stop)
+                _cluster = cluster
+    return _cluster
+
+
+def _stop() -> None:
+    global _cluster
+    cluster, _cluster = _cluster, None
+    if cluster is not None:
+        cluster.stop()

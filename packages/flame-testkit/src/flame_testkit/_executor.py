@@ -1,0 +1,398 @@
+"""The local executor manager: binds instances to sessions and feeds them tasks.
+
+One asyncio coroutine per executor, never a thread.  Lifecycle per binding
+(flame-wire.md §5.1): launch a process, wait for its socket, OnSessionEnter once,
+then OnTaskInvoke one task at a time, then OnSessionLeave once, SIGTERM and, after
+a grace period, SIGKILL.  Idle instances are released after the application's
+``delay_release``; a crashed instance fails its running task and is replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import platform
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import grpc.aio
+
+from flame_testkit._launch import InstanceDirs, expand, instance_environment, spawn, tail, terminate
+from flame_testkit._state import AppRecord, ClusterState, SessionRecord, TaskRecord, TaskState
+from flamepy.proto import shim_pb2, shim_pb2_grpc, types_pb2
+
+log = logging.getLogger("flame_testkit.executor")
+
+DEFAULT_CAPACITY = os.cpu_count() or 1
+DEFAULT_SOCKET_TIMEOUT = 60.0
+DEFAULT_ENTER_TIMEOUT = 600.0
+DEFAULT_LEAVE_TIMEOUT = 10.0
+DEFAULT_KILL_GRACE = 5.0
+SCHEDULE_INTERVAL = 0.5
+SOCKET_POLL = 0.005
+
+
+@dataclass(frozen=True)
+class ExecutorManagerConfig:
+    work_dir: Path
+    socket_dir: Path
+    frontend_endpoint: str
+    cache_endpoint: str | None = None
+    ca_file: str | None = None
+    node_name: str = "local"
+    capacity: int = DEFAULT_CAPACITY
+    socket_timeout: float = DEFAULT_SOCKET_TIMEOUT
+    enter_timeout: float = DEFAULT_ENTER_TIMEOUT
+    leave_timeout: float = DEFAULT_LEAVE_TIMEOUT
+    kill_grace: float = DEFAULT_KILL_GRACE
+    log_level: str = "info"
+    environ: Mapping[str, str] | None = None
+
+
+class BindError(Exception):
+    """An instance could not be bound; recorded as session event 1001."""
+
+
+class SessionGone(Exception):
+    """The session closed or disappeared while its instance was starting."""
+
+
+@dataclass(eq=False)
+class Executor:
+    id: str
+    session_id: str
+    app_name: str
+    state: int = types_pb2.ExecutorVoid
+    process: asyncio.subprocess.Process | None = None
+    channel: grpc.aio.Channel | None = None
+    stub: shim_pb2_grpc.InstanceStub | None = None
+    dirs: InstanceDirs | None = None
+    current: TaskRecord | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    reclaim: bool = False
+    resreq: types_pb2.ResourceRequirement | None = None
+
+
+class ExecutorManager:
+    """Schedules instances for the sessions in a :class:`ClusterState`."""
+
+    def __init__(self, state: ClusterState, config: ExecutorManagerConfig) -> None:
+        self.state = state
+        self.config = config
+        self.executors: dict[str, Executor] = {}
+        self.launched_pids: list[int] = []
+        self._runners: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._loop_task: asyncio.Task[None] | None = None
+        state.subscribe(self._on_change)
+
+    # -- control --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.config.work_dir.mkdir(parents=True, exist_ok=True)
+        self.config.socket_dir.mkdir(parents=True, exist_ok=True)
+        (self.config.work_dir / "logs").mkdir(exist_ok=True)
+        self._loop_task = asyncio.create_task(self._schedule_loop(), name="flame-scheduler")
+
+    async def stop(self) -> None:
+        """Release every instance (leave, SIGTERM, SIGKILL) and stop scheduling."""
+        self._stopping = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        for ex in self.executors.values():
+            ex.wake.set()
+        runners = list(self._runners)
+        for runner in runners:
+            runner.cancel()
+        if runners:
+            await asyncio.wait(runners, timeout=self.config.kill_grace + self.config.leave_timeout + 5)
+
+    # -- notifications ----------------------------------------------------------------
+
+    def _on_change(self, kind: str, session: SessionRecord, task: TaskRecord | None) -> None:
+        if task is not None and task.state != TaskState.PENDING:
+            return
+        self._wake.set()
+        for ex in self.executors.values():
+            if ex.session_id == session.id:
+                ex.wake.set()
+
+    # -- scheduling -------------------------------------------------------------------
+
+    async def _schedule_loop(self) -> None:
+        while not self._stopping:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), SCHEDULE_INTERVAL)
+            self._wake.clear()
+            try:
+                self._schedule()
+            except Exception:  # pragma: no cover - keep scheduling whatever happens
+                log.exception("scheduling pass failed")
+
+    def _schedule(self) -> None:
+        free = self.config.capacity - len(self.executors)
+        for session in list(self.state.sessions.values()):
+            if not session.open or self.state.retry_limit_reached(session.id):
+                continue
+            app = self.state.apps.get(session.spec.application)
+            if app is None:
+                continue
+            bound = [e for e in self.executors.values() if e.session_id == session.id]
+            limit = min(session.max_instances or math.inf, app.max_instances)
+            demand = session.counts[TaskState.PENDING] + session.counts[TaskState.RUNNING]
+            desired = int(min(limit, max(session.spec.min_instances, demand)))
+            missing = desired - len(bound)
+            if missing <= 0:
+                continue
+            if missing > free:
+                self._reclaim_idle(missing - free, exclude=session.id)
+            for _ in range(min(missing, free)):
+                self._launch(session, app)
+                free -= 1
+
+    def _reclaim_idle(self, wanted: int, exclude: str) -> None:
+        """Ask idle instances of other sessions to release, to free capacity."""
+        for ex in self.executors.values():
+            if wanted <= 0:
+                return
+            if ex.session_id != exclude and ex.current is None and not ex.reclaim:
+                session = self.state.sessions.get(ex.session_id)
+                if session is not None and session.pending:
+                    continue
+                ex.reclaim = True
+                ex.wake.set()
+                wanted -= 1
+
+    def _launch(self, session: SessionRecord, app: AppRecord) -> None:
+        ex = Executor(id=str(uuid.uuid4()), session_id=session.id, app_name=app.name)
+        ex.resreq = session.spec.resreq
+        self.executors[ex.id] = ex
+        runner = asyncio.create_task(self._run(ex, app), name=f"executor-{ex.id[:8]}")
+        self._runners.add(runner)
+        runner.add_done_callback(self._runners.discard)
+
+    # -- one executor -----------------------------------------------------------------
+
+    async def _run(self, ex: Executor, app: AppRecord) -> None:
+        try:
+            try:
+                await self._bind(ex, app)
+            except BindError as err:
+                log.warning("bind of %s to session %s failed: %s", ex.id, ex.session_id, err)
+                self.state.record_bind_failure(ex.session_id, str(err))
+            else:
+                await self._serve(ex, app)
+        except (asyncio.CancelledError, SessionGone):
+            pass
+        except Exception:  # pragma: no cover - logged, the instance is released below
+            log.exception("executor %s failed", ex.id)
+        finally:
+            await asyncio.shield(self._unbind(ex))
+            self.executors.pop(ex.id, None)
+            self._wake.set()
+
+    async def _bind(self, ex: Executor, app: AppRecord) -> None:
+        ex.state = types_pb2.ExecutorBinding
+        cfg = self.config
+        spec = app.spec
+        base = dict(cfg.environ if cfg.environ is not None else os.environ)
+        ex.dirs = InstanceDirs.create(spec, app.name, cfg.work_dir, ex.id)
+        socket_path = cfg.socket_dir / f"{ex.id}.sock"
+        env = instance_environment(
+            spec,
+            base,
+            socket_path=socket_path,
+            frontend_endpoint=cfg.frontend_endpoint,
+            cache_endpoint=cfg.cache_endpoint,
+            ca_file=cfg.ca_file,
+            log_level=cfg.log_level,
+            app_dir=ex.dirs.app_dir,
+        )
+        command = expand(spec.command, env, base) if spec.HasField("command") else ""
+        if not command:
+            raise BindError(f"application {app.name} has no command to launch")
+        args = [expand(a, env, base) for a in spec.arguments]
+        stderr = cfg.work_dir / "logs" / f"{ex.id}.err"
+        try:
+            ex.process = await spawn(
+                command,
+                args,
+                cwd=ex.dirs.process_dir,
+                env=env,
+                stdout=cfg.work_dir / "logs" / f"{ex.id}.out",
+                stderr=stderr,
+            )
+        except OSError as exc:
+            raise BindError(f"cannot start {command!r} for application {app.name}: {exc}") from exc
+        self.launched_pids.append(ex.process.pid)
+        await self._wait_socket(ex, socket_path, stderr)
+        ex.channel = grpc.aio.insecure_channel(f"unix://{socket_path}")
+        ex.stub = shim_pb2_grpc.InstanceStub(ex.channel)
+        session = self.state.sessions.get(ex.session_id)
+        if session is None or not session.open:
+            raise SessionGone(ex.session_id)
+        context = shim_pb2.SessionContext(session_id=session.id)
+        context.application.name = app.name
+        context.application.shim = spec.shim
+        for name in ("image", "command", "working_directory", "url", "installer"):
+            if spec.HasField(name):
+                setattr(context.application, name, getattr(spec, name))
+        if session.spec.HasField("common_data"):
+            context.common_data = session.spec.common_data
+        try:
+            result = await ex.stub.OnSessionEnter(context, timeout=cfg.enter_timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise BindError(
+                f"on_session_enter failed: {exc.details()}{self._stderr_note(ex, stderr)}"
+            ) from exc
+        if result.return_code != 0:
+            raise BindError(f"on_session_enter failed: {result.message}")
+        ex.state = types_pb2.ExecutorBound
+
+    async def _wait_socket(self, ex: Executor, socket_path: Path, stderr: Path) -> None:
+        assert ex.process is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.socket_timeout
+        while not socket_path.exists():
+            if ex.process.returncode is not None:
+                raise BindError(
+                    f"instance exited with code {ex.process.returncode} before creating its "
+                    f"socket{self._stderr_note(ex, stderr)}"
+                )
+            if loop.time() > deadline:
+                raise BindError(
+                    f"instance did not create its socket {socket_path} within "
+                    f"{self.config.socket_timeout:g}s{self._stderr_note(ex, stderr)}"
+                )
+            await asyncio.sleep(SOCKET_POLL)
+
+    @staticmethod
+    def _stderr_note(ex: Executor, stderr: Path) -> str:
+        text = tail(stderr)
+        return f"; stderr: {text}" if text else ""
+
+    def _should_release(self, ex: Executor, idle_deadline: float) -> bool:
+        session = self.state.sessions.get(ex.session_id)
+        if self._stopping or ex.reclaim or session is None or not session.open:
+            return True
+        if asyncio.get_running_loop().time() < idle_deadline:
+            return False
+        bound = sum(1 for e in self.executors.values() if e.session_id == ex.session_id)
+        return bound > session.spec.min_instances
+
+    async def _serve(self, ex: Executor, app: AppRecord) -> None:
+        assert ex.stub is not None
+        loop = asyncio.get_running_loop()
+        idle_deadline = loop.time() + app.delay_release
+        while True:
+            if self._stopping or ex.reclaim:
+                return
+            task = self.state.take_pending(ex.session_id)
+            if task is None:
+                if self._should_release(ex, idle_deadline):
+                    return
+                ex.wake.clear()
+                timeout = max(0.0, idle_deadline - loop.time()) or SCHEDULE_INTERVAL
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(ex.wake.wait(), timeout)
+                continue
+            if not await self._invoke(ex, task):
+                return  # the instance is broken: release it, the scheduler replaces it
+            idle_deadline = loop.time() + app.delay_release
+
+    async def _invoke(self, ex: Executor, task: TaskRecord) -> bool:
+        assert ex.stub is not None
+        ex.current = task
+        context = shim_pb2.TaskContext(task_id=str(task.id), session_id=task.session_id)
+        if task.input is not None:
+            context.input = task.input
+        try:
+            result = await ex.stub.OnTaskInvoke(context)
+        except asyncio.CancelledError:
+            self.state.complete_task(
+                task.session_id, task.id, -1, None, "the local cluster stopped while the task ran"
+            )
+            raise
+        except grpc.aio.AioRpcError as exc:
+            code = None
+            if ex.process is not None:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    code = await asyncio.wait_for(ex.process.wait(), 2.0)
+            exit_note = f"; the instance exited with code {code}" if code is not None else ""
+            stderr = self.config.work_dir / "logs" / f"{ex.id}.err"
+            self.state.complete_task(
+                task.session_id,
+                task.id,
+                -1,
+                None,
+                f"instance {ex.id} failed while running the task: {exc.code().name}: "
+                f"{exc.details()}{exit_note}{self._stderr_note(ex, stderr)}",
+            )
+            return False
+        finally:
+            ex.current = None
+        self.state.complete_task(
+            task.session_id,
+            task.id,
+            result.return_code,
+            result.output if result.HasField("output") else None,
+            result.message if result.HasField("message") else None,
+        )
+        return True
+
+    async def _unbind(self, ex: Executor) -> None:
+        ex.state = types_pb2.ExecutorUnbinding
+        if ex.stub is not None and ex.process is not None and ex.process.returncode is None:
+            try:
+                await ex.stub.OnSessionLeave(
+                    types_pb2.EmptyRequest(),
+                    timeout=self.config.leave_timeout,
+                )
+            except grpc.aio.AioRpcError as exc:
+                log.info("on_session_leave of %s failed: %s", ex.id, exc.details())
+        if ex.channel is not None:
+            await ex.channel.close()
+        ex.state = types_pb2.ExecutorReleasing
+        if ex.process is not None:
+            await terminate(ex.process, self.config.kill_grace)
+        with contextlib.suppress(OSError):
+            (self.config.socket_dir / f"{ex.id}.sock").unlink()
+        if ex.dirs is not None:
+            ex.dirs.remove()
+        ex.state = types_pb2.ExecutorReleased
+
+    # -- views ------------------------------------------------------------------------
+
+    def executor_protos(self) -> list[types_pb2.Executor]:
+        out = []
+        for ex in self.executors.values():
+            msg = types_pb2.Executor()
+            msg.metadata.id = msg.metadata.name = ex.id
+            msg.spec.node = self.config.node_name
+            if ex.resreq is not None:
+                msg.spec.resreq.CopyFrom(ex.resreq)
+            msg.status.state = ex.state
+            msg.status.session_id = ex.session_id
+            out.append(msg)
+        return out
+
+    def node_protos(self) -> list[types_pb2.Node]:
+        node = types_pb2.Node()
+        node.metadata.id = node.metadata.name = self.config.node_name
+        node.spec.hostname = self.config.node_name
+        node.status.state = types_pb2.Ready
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        node.status.capacity.cpu = node.status.allocatable.cpu = self.config.capacity
+        node.status.capacity.memory = node.status.allocatable.memory = memory
+        node.status.info.arch = platform.machine()
+        node.status.info.os = platform.system().lower()
+        return [node]

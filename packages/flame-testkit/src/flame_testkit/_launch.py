@@ -1,0 +1,157 @@
+"""The Host-shim launch contract (flame-wire.md §5.2): how one instance is started.
+
+Environment, ``$VAR`` expansion, directories, a new process group, captured
+stdout/stderr, and termination (SIGTERM to the group, SIGKILL after a grace
+period: the real executor sends only SIGTERM, we make sure nothing survives).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from flamepy.proto import types_pb2
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+STDERR_TAIL_BYTES = 2000
+
+
+def expand(text: str, *scopes: Mapping[str, str]) -> str:
+    """Expand ``$VAR`` and ``${VAR}``; unknown variables are left as they are."""
+
+    def _sub(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        for scope in scopes:
+            if name in scope:
+                return scope[name]
+        return match.group(0)
+
+    return _VAR.sub(_sub, text)
+
+
+def instance_environment(
+    spec: types_pb2.ApplicationSpec,
+    base: Mapping[str, str],
+    *,
+    socket_path: Path,
+    frontend_endpoint: str,
+    cache_endpoint: str | None,
+    ca_file: str | None,
+    log_level: str,
+    app_dir: Path,
+    installer_env: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The child's environment: ``base`` plus the contract's variables, in spec order."""
+    env: dict[str, str] = {}
+    for item in spec.environments:  # 1. application environments, expanded once
+        env[item.name] = expand(item.value, base)
+    env["RUST_LOG"] = log_level  # 2.
+    env["FLAME_LOG"] = log_level
+    env["FLAME_INSTANCE_ENDPOINT"] = str(socket_path)
+    env["FLAME_ENDPOINT"] = frontend_endpoint  # 3.
+    if ca_file:
+        env["FLAME_CA_FILE"] = ca_file
+    if cache_endpoint:
+        env["FLAME_CACHE_ENDPOINT"] = cache_endpoint
+    if "HOME" not in env and "HOME" in base:  # 4.
+        env["HOME"] = base["HOME"]
+    for key, value in (installer_env or {}).items():  # 5.
+        if key in ("PATH", "PYTHONPATH", "LD_LIBRARY_PATH") and key in env:
+            env[key] = f"{value}:{env[key]}"
+        elif key in ("PATH", "PYTHONPATH", "LD_LIBRARY_PATH"):
+            env[key] = value
+        else:
+            env.setdefault(key, value)
+    tmp = str(app_dir / "tmp")
+    for key in ("TMPDIR", "TEMP", "TMP"):  # 6.
+        env.setdefault(key, tmp)
+    return {**base, **env}
+
+
+@dataclass
+class InstanceDirs:
+    process_dir: Path
+    app_dir: Path
+    keep_process_dir: bool
+
+    @classmethod
+    def create(cls, spec: types_pb2.ApplicationSpec, app_name: str, work_root: Path, executor_id: str) -> InstanceDirs:
+        if spec.HasField("working_directory") and spec.working_directory:
+            process_dir, keep = Path(spec.working_directory), True
+        else:
+            process_dir, keep = work_root / executor_id, False
+        app_dir = process_dir / "work" / app_name
+        (app_dir / "tmp").mkdir(parents=True, exist_ok=True)
+        return cls(process_dir, app_dir, keep)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.app_dir, ignore_errors=True)
+        if not self.keep_process_dir:
+            shutil.rmtree(self.process_dir, ignore_errors=True)
+
+
+async def spawn(
+    command: str, args: list[str], *, cwd: Path, env: Mapping[str, str], stdout: Path, stderr: Path
+) -> asyncio.subprocess.Process:
+    """Start the instance in a new process group with output captured to files."""
+    with open(stdout, "wb") as out, open(stderr, "wb") as err:
+        return await asyncio.create_subprocess_exec(
+            command,
+            *args,
+            cwd=str(cwd),
+            env=dict(env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> bool:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+async def terminate(process: asyncio.subprocess.Process, grace: float) -> int | None:
+    """SIGTERM the process group, SIGKILL it after ``grace`` seconds, and reap."""
+    pgid = process.pid
+    if process.returncode is None:
+        _signal_group(pgid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), grace)
+        except asyncio.TimeoutError:
+            _signal_group(pgid, signal.SIGKILL)
+            await process.wait()
+    # Anything the instance left behind in its group goes too.
+    _signal_group(pgid, signal.SIGKILL)
+    return process.returncode
+
+
+def group_alive(pgid: int) -> bool:
+    """True if any process of the group still exists."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - someone else's group
+        return True
+    return True
+
+
+def tail(path: Path, limit: int = STDERR_TAIL_BYTES) -> str:
+    with contextlib.suppress(OSError):
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            fh.seek(max(0, size - limit))
+            return fh.read().decode("utf-8", "replace").strip()
+    return ""

@@ -1,0 +1,45 @@
+"""Start, stop and address of the local Frontend server (binds 127.0.0.1, port 0)."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc.aio
+
+from flame_testkit._servicer import FrontendServicer
+from flamepy.proto import frontend_pb2_grpc
+
+log = logging.getLogger("flame_testkit.server")
+
+DEFAULT_HOST = "127.0.0.1"
+STOP_GRACE = 2.0
+
+
+class FrontendServer:
+    """A grpc.aio server for one :class:`FrontendServicer`."""
+
+    def __init__(self, servicer: FrontendServicer, host: str = DEFAULT_HOST, port: int = 0) -> None:
+        self.servicer = servicer
+        self.host = host
+        self._requested_port = port
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        server = grpc.aio.server(options=(("grpc.so_reuseport", 0),))
+        frontend_pb2_grpc.add_FrontendServicer_to_server(self.servicer, server)
+        self.port = server.add_insecure_port(f"{self.host}:{self._requested_port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind the Frontend server to {self.host}:{self._requested_port}")
+        await server.start()
+        self._server = server
+        log.info("Frontend listening on %s", self.endpoint)
+
+    async def stop(self, grace: float = STOP_GRACE) -> None:
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None

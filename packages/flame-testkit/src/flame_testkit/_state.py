@@ -1,0 +1,419 @@
+"""Pure state machines of the local session manager.
+
+No I/O, no asyncio, no gRPC: applications, sessions and tasks with the rules of
+flame-wire.md §1 and §5.4.  The servicer (``_servicer.py``) speaks the protocol
+over this state, and the executor manager (``_executor.py``) drives tasks through
+it.  Observers registered with :meth:`ClusterState.subscribe` hear about every
+change and are called synchronously, on the caller's thread.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from flamepy.proto import types_pb2
+
+DEFAULT_APP_MAX_INSTANCES = 1_000_000
+DEFAULT_DELAY_RELEASE = 60
+DEFAULT_RESREQ = types_pb2.ResourceRequirement(cpu=1, memory=1024**3, gpu=0)
+DEFAULT_RETRY_LIMIT = 5
+EVENT_BIND_FAILED = 1001
+EVENT_RETRY_LIMIT = 1002
+_APP_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+MAX_APP_NAME = 253
+
+
+class TaskState(IntEnum):
+    PENDING = 0
+    RUNNING = 1
+    SUCCEED = 2
+    FAILED = 3
+    CANCELLED = 4
+
+
+TERMINAL = frozenset({TaskState.SUCCEED, TaskState.FAILED, TaskState.CANCELLED})
+
+
+class StateError(Exception):
+    """A rule was broken; ``status`` names the gRPC code the servicer answers with."""
+
+    status = "INTERNAL"
+
+
+class NotFound(StateError):
+    status = "NOT_FOUND"
+
+
+class AlreadyExists(StateError):
+    status = "ALREADY_EXISTS"
+
+
+class InvalidArgument(StateError):
+    status = "INVALID_ARGUMENT"
+
+
+class InvalidName(InvalidArgument):
+    """A bad application name; RegisterApplication reports it in ``Result``."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class EventRecord:
+    code: int
+    message: str | None
+    creation_time: int
+
+
+@dataclass
+class AppRecord:
+    name: str
+    spec: types_pb2.ApplicationSpec
+    creation_time: int
+    enabled: bool = True
+
+    @property
+    def max_instances(self) -> int:
+        return self.spec.max_instances if self.spec.HasField("max_instances") else DEFAULT_APP_MAX_INSTANCES
+
+    @property
+    def delay_release(self) -> int:
+        return self.spec.delay_release if self.spec.HasField("delay_release") else DEFAULT_DELAY_RELEASE
+
+
+@dataclass
+class TaskRecord:
+    id: int
+    session_id: str
+    input: bytes | None
+    creation_time: int
+    state: TaskState = TaskState.PENDING
+    output: bytes | None = None
+    completion_time: int | None = None
+    events: list[EventRecord] = field(default_factory=list)
+
+
+@dataclass
+class SessionRecord:
+    id: str
+    spec: types_pb2.SessionSpec
+    creation_time: int
+    open: bool = True
+    completion_time: int | None = None
+    tasks: dict[int, TaskRecord] = field(default_factory=dict)
+    pending: deque[int] = field(default_factory=deque)
+    counts: dict[TaskState, int] = field(default_factory=lambda: dict.fromkeys(TaskState, 0))
+    events: list[EventRecord] = field(default_factory=list)
+    bind_failures: int = 0
+    next_task_id: int = 1
+
+    @property
+    def max_instances(self) -> int | None:
+        return self.spec.max_instances if self.spec.HasField("max_instances") else None
+
+
+Listener = Callable[[str, SessionRecord, "TaskRecord | None"], None]
+"""Called as ``listener(kind, session, task)``; kind is one of ``session``,
+``task``, ``removed``."""
+
+
+def validate_app_name(name: str) -> None:
+    if not name or len(name) > MAX_APP_NAME:
+        raise InvalidName(f"invalid application name {name!r}: must be 1 to 253 characters")
+    if not _APP_NAME.match(name) or name[0] in ".-" or ".." in name:
+        raise InvalidName(
+            f"invalid application name {name!r}: use [A-Za-z0-9._-], do not start with "
+            "'.' or '-', and do not use '..'"
+        )
+
+
+def validate_app_spec(spec: types_pb2.ApplicationSpec | None) -> types_pb2.ApplicationSpec:
+    if spec is None:
+        raise InvalidArgument("application spec is required")
+    for part in ("input", "output", "common_data"):
+        if spec.HasField("schema") and spec.schema.HasField(part):
+            text = getattr(spec.schema, part)
+            try:
+                doc = json.loads(text)
+            except ValueError as exc:
+                raise InvalidArgument(f"schema.{part} is not valid JSON: {exc}") from exc
+            if not isinstance(doc, (dict, bool)):
+                raise InvalidArgument(f"schema.{part} is not a JSON Schema object")
+    copy = types_pb2.ApplicationSpec()
+    copy.CopyFrom(spec)
+    if copy.HasField("working_directory"):
+        if copy.working_directory == "":
+            copy.ClearField("working_directory")
+        elif not copy.working_directory.startswith("/"):
+            raise InvalidArgument(
+                f"working_directory {copy.working_directory!r} must be an absolute path"
+            )
+    return copy
+
+
+class ClusterState:
+    """Applications, sessions and tasks of one local session manager."""
+
+    def __init__(self, retry_limit: int = DEFAULT_RETRY_LIMIT) -> None:
+        self.retry_limit = retry_limit
+        self.apps: dict[str, AppRecord] = {}
+        self.sessions: dict[str, SessionRecord] = {}
+        self._listeners: list[Listener] = []
+
+    # -- observers ------------------------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def _emit(self, kind: str, session: SessionRecord, task: TaskRecord | None = None) -> None:
+        for listener in self._listeners:
+            listener(kind, session, task)
+
+    # -- applications -----------------------------------------------------------------
+
+    def register_application(self, name: str, spec: types_pb2.ApplicationSpec | None) -> AppRecord:
+        validate_app_name(name)
+        checked = validate_app_spec(spec)
+        if name in self.apps:
+            raise AlreadyExists(f"application {name} already exists")
+        app = AppRecord(name=name, spec=checked, creation_time=now_ms())
+        self.apps[name] = app
+        return app
+
+    def update_application(self, name: str, spec: types_pb2.ApplicationSpec | None) -> AppRecord:
+        validate_app_name(name)
+        checked = validate_app_spec(spec)
+        app = self.get_application(name)
+        app.spec = checked
+        return app
+
+    def unregister_application(self, name: str) -> None:
+        self.get_application(name)
+        del self.apps[name]
+        for sid in [s.id for s in self.sessions.values() if s.spec.application == name]:
+            session = self.sessions.pop(sid)
+            session.open = False
+            self._emit("removed", session)
+
+    def get_application(self, name: str) -> AppRecord:
+        try:
+            return self.apps[name]
+        except KeyError:
+            raise NotFound(f"application {name} not found") from None
+
+    # -- sessions -------------------------------------------------------------------
+
+    def _resolved_spec(self, spec: types_pb2.SessionSpec) -> types_pb2.SessionSpec:
+        copy = types_pb2.SessionSpec()
+        copy.CopyFrom(spec)
+        if not copy.HasField("resreq"):
+            copy.resreq.CopyFrom(DEFAULT_RESREQ)
+        copy.batch_size = 1
+        return copy
+
+    def create_session(self, session_id: str, spec: types_pb2.SessionSpec | None) -> SessionRecord:
+        if spec is None:
+            raise InvalidArgument("session spec is required")
+        if not session_id:
+            raise InvalidArgument("session id must not be empty")
+        app = self.apps.get(spec.application)
+        if app is None:
+            raise StateError(f"application {spec.application} not found")
+        if not app.enabled:
+            raise StateError(f"application {spec.application} is disabled")
+        if session_id in self.sessions:
+            raise StateError(f"session {session_id} already exists")
+        session = SessionRecord(id=session_id, spec=self._resolved_spec(spec), creation_time=now_ms())
+        self.sessions[session_id] = session
+        self._emit("session", session)
+        return session
+
+    def open_session(self, session_id: str, spec: types_pb2.SessionSpec | None) -> SessionRecord:
+        session = self.sessions.get(session_id)
+        if session is None:
+            if spec is None:
+                raise NotFound(f"session {session_id} not found and no spec was given to create it")
+            return self.create_session(session_id, spec)
+        if not session.open:
+            raise InvalidArgument(f"session {session_id} is not open")
+        if spec is not None:
+            wanted = self._resolved_spec(spec)
+            mismatches = [
+                name
+                for name in ("application", "min_instances", "max_instances", "priority", "resreq")
+                if _field(wanted, name) != _field(session.spec, name)
+            ]
+            if mismatches:
+                detail = ", ".join(
+                    f"{n}: existing {_field(session.spec, n)!r} != requested {_field(wanted, n)!r}"
+                    for n in mismatches
+                )
+                raise InvalidArgument(f"session {session_id} spec mismatch ({detail})")
+        return session
+
+    def get_session(self, session_id: str) -> SessionRecord:
+        try:
+            return self.sessions[session_id]
+        except KeyError:
+            raise NotFound(f"session {session_id} not found") from None
+
+    def close_session(self, session_id: str) -> SessionRecord:
+        session = self.get_session(session_id)
+        if session.counts[TaskState.RUNNING]:
+            raise StateError(
+                f"session {session_id} has {session.counts[TaskState.RUNNING]} running task(s); "
+                "wait for them before closing"
+            )
+        now = now_ms()
+        while session.pending:
+            task = session.tasks[session.pending.popleft()]
+            self._transition(session, task, TaskState.CANCELLED, now, "session closed")
+        if session.open:
+            session.open = False
+            session.completion_time = now
+        self._emit("session", session)
+        return session
+
+    def delete_session(self, session_id: str) -> SessionRecord:
+        session = self.get_session(session_id)
+        active = session.counts[TaskState.PENDING] + session.counts[TaskState.RUNNING]
+        if active:
+            raise InvalidArgument(
+                f"session {session_id} still has {active} pending or running task(s)"
+            )
+        del self.sessions[session_id]
+        session.open = False
+        self._emit("removed", session)
+        return session
+
+    # -- tasks ----------------------------------------------------------------------
+
+    def create_task(self, session_id: str, data: bytes | None) -> TaskRecord:
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise StateError(f"session {session_id} not found")
+        if not session.open:
+            raise StateError(f"session {session_id} is closed; open a new session for new tasks")
+        task = TaskRecord(
+            id=session.next_task_id, session_id=session_id, input=data, creation_time=now_ms()
+        )
+        session.next_task_id += 1
+        session.tasks[task.id] = task
+        session.counts[TaskState.PENDING] += 1
+        task.events.append(EventRecord(TaskState.PENDING, None, task.creation_time))
+        session.pending.append(task.id)
+        self._emit("task", session, task)
+        return task
+
+    def get_task(self, session_id: str, task_id: str) -> TaskRecord:
+        try:
+            tid = int(task_id)
+        except ValueError:
+            raise InvalidArgument(f"invalid task id {task_id!r}") from None
+        session = self.get_session(session_id)
+        try:
+            return session.tasks[tid]
+        except KeyError:
+            raise NotFound(f"task {session_id}/{task_id} not found") from None
+
+    def iter_tasks(self, session_id: str) -> Iterator[TaskRecord]:
+        return iter(list(self.get_session(session_id).tasks.values()))
+
+    def _transition(
+        self,
+        session: SessionRecord,
+        task: TaskRecord,
+        state: TaskState,
+        when: int,
+        message: str | None = None,
+    ) -> None:
+        session.counts[task.state] -= 1
+        session.counts[state] += 1
+        task.state = state
+        task.events.append(EventRecord(int(state), message, when))
+        if state in TERMINAL:
+            task.completion_time = when
+        self._emit("task", session, task)
+
+    # -- executor-manager side ------------------------------------------------------
+
+    def take_pending(self, session_id: str) -> TaskRecord | None:
+        """Move the oldest pending task of an open session to Running."""
+        session = self.sessions.get(session_id)
+        if session is None or not session.open or not session.pending:
+            return None
+        task = session.tasks[session.pending.popleft()]
+        self._transition(session, task, TaskState.RUNNING, now_ms())
+        return task
+
+    def complete_task(
+        self,
+        session_id: str,
+        task_id: int,
+        return_code: int,
+        output: bytes | None,
+        message: str | None,
+    ) -> None:
+        session = self.sessions.get(session_id)
+        task = session.tasks.get(task_id) if session else None
+        if session is None or task is None or task.state != TaskState.RUNNING:
+            return  # the session was dropped (application unregistered) meanwhile
+        task.output = output
+        state = TaskState.SUCCEED if return_code == 0 else TaskState.FAILED
+        if state == TaskState.FAILED and not message:
+            message = f"task failed with return code {return_code}"
+        self._transition(session, task, state, now_ms(), message)
+
+    def record_bind_failure(self, session_id: str, message: str) -> bool:
+        """Record event 1001; at the retry limit record 1002 and fail pending tasks.
+
+        Returns True when the session has reached its retry limit.  Failing the
+        pending tasks improves on the real cluster, which leaves them Pending.
+        """
+        session = self.sessions.get(session_id)
+        if session is None:
+            return True
+        now = now_ms()
+        session.bind_failures += 1
+        session.events.append(EventRecord(EVENT_BIND_FAILED, message, now))
+        if session.bind_failures < self.retry_limit:
+            self._emit("session", session)
+            return False
+        if session.bind_failures == self.retry_limit:
+            session.events.append(
+                EventRecord(
+                    EVENT_RETRY_LIMIT,
+                    f"bind retry limit ({self.retry_limit}) reached: {message}",
+                    now,
+                )
+            )
+        reason = (
+            f"no instance could be started for session {session_id} after "
+            f"{session.bind_failures} attempts; last error: {message}"
+        )
+        while session.pending:
+            task = session.tasks[session.pending.popleft()]
+            self._transition(session, task, TaskState.FAILED, now, reason)
+        self._emit("session", session)
+        return True
+
+    def retry_limit_reached(self, session_id: str) -> bool:
+        session = self.sessions.get(session_id)
+        return session is None or session.bind_failures >= self.retry_limit
+
+
+def _field(spec: types_pb2.SessionSpec, name: str) -> object:
+    if name in ("max_instances", "resreq") and not spec.HasField(name):
+        return None
+    value = getattr(spec, name)
+    if name == "resreq":
+        return (value.cpu, value.memory, value.gpu)
+    return value

@@ -1,0 +1,82 @@
+"""The test application the local cluster registers by default.
+
+Run as ``python -m flame_testkit._testapp`` with ``FLAME_INSTANCE_ENDPOINT`` set. Each task
+input is a small command, so tests can make an instance succeed, fail, hang or crash:
+
+==================  ===========================================================
+``exit:<code>``     ``os._exit(code)``: the instance dies mid-task
+``fail:<text>``     raise ``RuntimeError(text)``: the task fails
+``sleep:<secs>``    sleep, then return ``b"slept"``
+``pid``             the instance's process id, as decimal bytes
+``env:<NAME>``      the value of environment variable NAME (``b""`` if unset)
+``common``          the session's common_data (``b""`` if none)
+anything else       ``b"echo:" + input`` (``b"echo:"`` for no input)
+==================  ===========================================================
+
+A session whose common_data is ``b"fail-enter"`` is refused in ``on_session_enter``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import flmrun
+from flmrun import FlameService, SessionContext, TaskContext
+
+__all__ = ["TestAppService", "main"]
+
+
+class TestAppService(FlameService):
+    """Interprets each task input as a command (see the module docstring)."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    def __init__(self) -> None:
+        self.common_data: bytes | None = None
+
+    def on_session_enter(self, context: SessionContext) -> None:
+        if context.common_data == b"fail-enter":
+            raise RuntimeError("enter refused")
+        self.common_data = context.common_data
+
+    def on_task_invoke(self, context: TaskContext) -> bytes | None:
+        data = context.input
+        if data is None:
+            return b"echo:"
+        if data.startswith(b"exit:"):
+            os._exit(int(data[len(b"exit:") :]))
+        if data.startswith(b"fail:"):
+            raise RuntimeError(data[len(b"fail:") :].decode(errors="replace"))
+        if data.startswith(b"sleep:"):
+            time.sleep(float(data[len(b"sleep:") :]))
+            return b"slept"
+        if data == b"pid":
+            return str(os.getpid()).encode()
+        if data.startswith(b"env:"):
+            name = data[len(b"env:") :].decode()
+            return os.environ.get(name, "").encode()
+        if data == b"common":
+            return self.common_data or b""
+        return b"echo:" + data
+
+    def on_session_leave(self) -> None:
+        self.common_data = None
+
+
+def main() -> int:
+    """Serve :class:`TestAppService` until SIGTERM; returns the exit status."""
+    from flmrun._server import configure_logging
+
+    configure_logging()
+    try:
+        flmrun.run(TestAppService)
+    except flmrun.InstanceConfigError as exc:
+        print(f"flame_testkit._testapp: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""gRPC channel creation for the Frontend endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import grpc.aio
+
+from flamepy._config import parse_endpoint
+from flamepy._errors import ConfigError, ConnectionFailedError
+
+# The Frontend never raises the 4 MiB default; lifting our receive limit lets us read
+# a large task output that a real server would still send.
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+)
+
+
+def _target(endpoint: str) -> tuple[str, bool]:
+    scheme, host, port = parse_endpoint(endpoint)
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}", scheme == "https"
+
+
+def open_channel(endpoint: str, ca_file: str | None = None) -> grpc.aio.Channel:
+    """Create (but do not wait on) an aio channel for ``endpoint``."""
+    target, tls = _target(endpoint)
+    if not tls:
+        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    root = None
+    if ca_file:
+        path = Path(ca_file).expanduser()
+        try:
+            root = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read the CA file {path} configured for {endpoint}: {exc.strerror}; "
+                "fix cluster.tls.ca_file in flame.yaml or FLAME_CA_FILE"
+            ) from exc
+    creds = grpc.ssl_channel_credentials(root_certificates=root)
+    return grpc.aio.secure_channel(target, creds, options=CHANNEL_OPTIONS)
+
+
+async def wait_ready(channel: grpc.aio.Channel, endpoint: str, timeout: float) -> None:
+    """Wait until ``channel`` connects, or fail with an error naming ``endpoint``."""
+    try:
+        await asyncio.wait_for(channel.channel_ready(), timeout)
+    except asyncio.TimeoutError:
+        raise ConnectionFailedError(
+            f"cannot reach the Flame session manager at {endpoint} within {timeout:g}s; "
+            "check that it is running and that FLAME_ENDPOINT or flame.yaml "
+            "(cluster.endpoint) names it"
+        ) from None

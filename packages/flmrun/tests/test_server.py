@@ -1,0 +1,667 @@
+"""End-to-end tests of the flmrun instance runtime.
+
+Every test that talks gRPC starts a real instance process (``python -m flmrun`` or
+``python -m flame_testkit._testapp``) in its own process group, bound to a real Unix socket
+under a short /tmp directory, and drives it the way an executor manager does. Processes are
+killed (SIGKILL to the group) in fixture teardown whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import flmrun
+import grpc
+import pytest
+from flamepy.proto import shim_pb2, shim_pb2_grpc, types_pb2
+from flmrun._server import format_error, log_level_from_env
+
+WAIT = 30.0  # generous upper bound for anything that should take well under a second
+RPC_TIMEOUT = 30.0
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.02)
+
+
+class Instance:
+    """One instance process plus the client side of its socket."""
+
+    def __init__(self, args: list[str], workdir: Path, env: dict[str, str]) -> None:
+        self.workdir = workdir
+        self.sock = str(workdir / "x.sock")
+        self.stdout_path = workdir / "stdout"
+        self.stderr_path = workdir / "stderr"
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, *args],
+                cwd=workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,  # own process group, like the executor does
+            )
+        self._channel: grpc.Channel | None = None
+
+    # -- process
+
+    def wait_exit(self, timeout: float = WAIT) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def signal_group(self, sig: signal.Signals) -> None:
+        os.killpg(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+        # The group outlives its leader only if the leader forked; kill it regardless.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=WAIT)
+
+    # -- socket and RPCs
+
+    def wait_socket(self, timeout: float = WAIT) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"instance exited with {self.proc.returncode} before binding:\n" + self.stderr()
+                )
+            return os.path.exists(self.sock)
+
+        _wait_for(ready, timeout, f"socket {self.sock}")
+
+    @property
+    def stub(self) -> shim_pb2_grpc.InstanceStub:
+        if self._channel is None:
+            self._channel = grpc.insecure_channel("unix://" + self.sock)
+        return shim_pb2_grpc.InstanceStub(self._channel)
+
+    def enter(self, common_data: bytes | None = None, session_id: str = "s-1") -> types_pb2.Result:
+        ctx = shim_pb2.SessionContext(
+            session_id=session_id,
+            application=shim_pb2.ApplicationContext(name="app", command=sys.executable),
+        )
+        if common_data is not None:
+            ctx.common_data = common_data
+        result: types_pb2.Result = self.stub.OnSessionEnter(
+            ctx, timeout=RPC_TIMEOUT, wait_for_ready=True
+        )
+        return result
+
+    def invoke(self, data: bytes | None, task_id: str = "1") -> types_pb2.TaskResult:
+        ctx = shim_pb2.TaskContext(task_id=task_id, session_id="s-1")
+        if data is not None:
+            ctx.input = data
+        result: types_pb2.TaskResult = self.stub.OnTaskInvoke(ctx, timeout=RPC_TIMEOUT)
+        return result
+
+    def leave(self) -> types_pb2.Result:
+        result: types_pb2.Result = self.stub.OnSessionLeave(
+            types_pb2.EmptyRequest(), timeout=RPC_TIMEOUT
+        )
+        return result
+
+
+SERVICES_MODULE = '''
+"""Services used by flmrun's tests; paths come from environment variables."""
+import asyncio
+import os
+import threading
+
+import flmrun
+
+
+def _record(event):
+    path = os.environ.get("FLMRUN_TEST_EVENTS")
+    if path:
+        with open(path, "a") as f:
+            f.write(event + "\\n")
+
+
+class Recorder(flmrun.FlameService):
+    def on_session_enter(self, context):
+        _record("enter")
+
+    def on_task_invoke(self, context):
+        if context.input == b"thread":
+            return threading.current_thread().name.encode()
+        if context.input == b"str":
+            return "not bytes"
+        if context.input == b"none":
+            return None
+        return context.input
+
+    def on_session_leave(self):
+        _record("leave")
+
+
+class AsyncService(flmrun.FlameService):
+    async def on_session_enter(self, context):
+        await asyncio.sleep(0)
+        self.prefix = context.common_data or b""
+        _record("enter")
+
+    async def on_task_invoke(self, context):
+        await asyncio.sleep(0.01)
+        if context.input == b"raise":
+            raise ValueError("async boom")
+        if context.input == b"thread":
+            return threading.current_thread().name.encode()
+        return self.prefix + (context.input or b"")
+
+    async def on_session_leave(self):
+        _record("leave")
+        raise RuntimeError("leave always reports success")
+
+
+class NoInvoke(flmrun.FlameService):
+    pass
+
+
+class NotAService:
+    pass
+
+
+class BadInit(flmrun.FlameService):
+    def __init__(self):
+        raise OSError("no database")
+'''
+
+SLOW_MODULE = '''
+"""Blocks at import time until the test creates the release file."""
+import os
+import time
+
+import flmrun
+
+with open(os.environ["FLMRUN_TEST_STARTED"], "w"):
+    pass
+_deadline = time.monotonic() + 60
+while not os.path.exists(os.environ["FLMRUN_TEST_RELEASE"]):
+    if time.monotonic() > _deadline:
+        raise RuntimeError("never released")
+    time.sleep(0.02)
+
+
+class Slow(flmrun.FlameService):
+    def on_task_invoke(self, context):
+        return b"slow:" + (context.input or b"")
+
+
+with open(os.environ["FLMRUN_TEST_FINISHED"], "w"):
+    pass
+'''
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    # Short path under /tmp: a Unix socket path must fit in ~107 bytes.
+    path = Path(tempfile.mkdtemp(prefix="flm", dir="/tmp"))
+    (path / "flmtestsvc.py").write_text(textwrap.dedent(SERVICES_MODULE))
+    (path / "flmtestslow.py").write_text(textwrap.dedent(SLOW_MODULE))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def base_env(workdir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLAME_")}
+    env["FLAME_INSTANCE_ENDPOINT"] = str(workdir / "x.sock")
+    env["FLAME_LOG"] = "info"
+    env["PYTHONPATH"] = str(workdir)
+    env["FLMRUN_TEST_EVENTS"] = str(workdir / "events")
+    return env
+
+
+@pytest.fixture
+def spawn(workdir: Path, base_env: dict[str, str]) -> Iterator[Callable[..., Instance]]:
+    started: list[Instance] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Instance:
+        inst = Instance(list(args), workdir, base_env if env is None else env)
+        started.append(inst)
+        return inst
+
+    try:
+        yield start
+    finally:
+        for inst in started:
+            inst.kill()
+
+
+TESTAPP = ("-m", "flame_testkit._testapp")
+
+
+def _events(workdir: Path) -> list[str]:
+    path = workdir / "events"
+    return path.read_text().split() if path.exists() else []
+
+
+# --------------------------------------------------------------------------- test app
+
+
+def test_testapp_session_round_trip(
+    spawn: Callable[..., Instance], base_env: dict[str, str]
+) -> None:
+    base_env["FLMRUN_TEST_VALUE"] = "hello env"
+    inst = spawn(*TESTAPP)
+    inst.wait_socket()
+
+    assert inst.enter(common_data=b"shared").return_code == 0
+
+    r = inst.invoke(b"abc")
+    assert r.return_code == 0
+    assert r.output == b"echo:abc"
+    assert inst.invoke(None).output == b"echo:"
+    assert inst.invoke(b"common").output == b"shared"
+    assert inst.invoke(b"pid").output == str(inst.proc.pid).encode()
+    assert inst.invoke(b"env:FLMRUN_TEST_VALUE").output == b"hello env"
+    assert inst.invoke(b"env:FLMRUN_NOT_SET_ANYWHERE").output == b""
+    assert inst.invoke(b"sleep:0.05").output == b"slept"
+
+    assert inst.leave().return_code == 0
+    assert inst.proc.poll() is None  # the process waits for SIGTERM after leaving
+
+
+def test_testapp_common_is_empty_without_common_data(spawn: Callable[..., Instance]) -> None:
+    inst = spawn(*TESTAPP)
+    inst.wait_socket()
+    assert inst.enter().return_code == 0
+    r = inst.invoke(b"common")
+    assert r.return_code == 0
+    assert r.output == b""
+
+
+def test_task_failure_reports_type_message_and_traceback(
+    spawn: Callable[..., Instance],
+) -> None:
+    inst = spawn(*TESTAPP)
+    inst.wait_socket()
+    assert inst.enter().return_code == 0
+
+    r = inst.invoke(b"fail:disk on fire")
+    assert r.return_code == -1
+    assert not r.HasField("output")
+    assert r.message.startswith("RuntimeError: disk on fire\n")
+    assert "Traceback (most recent call last)" in r.message
+    assert "_testapp.py" in r.message  # the service's own frame is in the traceback
+    assert r.message.rstrip().endswith("RuntimeError: disk on fire")
+
+    # The instance keeps serving after a failed task.
+    assert inst.invoke(b"again").output == b"echo:again"
+
+
+def test_failed_enter_still_leaves_with_zero(spawn: Callable[..., Instance]) -> None:
+    inst = spawn(*TESTAPP)
+    inst.wait_socket()
+
+    r = inst.enter(common_data=b"fail-enter")
+    assert r.return_code == -1
+    assert r.message.startswith("RuntimeError: enter refused\n")
+    assert "Traceback" in r.message
+
+    assert inst.leave().return_code == 0
+    assert inst.leave().return_code == 0  # a repeated leave is harmless too
+
+
+def test_crashing_task_kills_the_instance(spawn: Callable[..., Instance]) -> None:
+    inst = spawn(*TESTAPP)
+    inst.wait_socket()
+    assert inst.enter().return_code == 0
+    with pytest.raises(grpc.RpcError):
+        inst.invoke(b"exit:3")
+    assert inst.wait_exit() == 3
+
+
+# --------------------------------------------------------------------------- shutdown
+
+
+def test_sigterm_exits_zero_and_removes_socket(spawn: Callable[..., Instance]) -> None:
+    inst = spawn(*TESTAPP)
+    inst.wait_socket()
+    assert inst.enter().return_code == 0
+    assert inst.leave().return_code == 0
+
+    inst.signal_group(signal.SIGTERM)
+    assert inst.wait_exit(timeout=10) == 0
+    assert not os.path.exists(inst.sock)
+    assert "Traceback" not in inst.stderr()
+
+
+def test_sigint_exits_zero(spawn: Callable[..., Instance]) -> None:
+    inst = spawn(*TESTAPP)
+    inst.wait_socket()
+    inst.signal_group(signal.SIGINT)
+    assert inst.wait_exit(timeout=10) == 0
+    assert not os.path.exists(inst.sock)
+
+
+def test_sigterm_calls_leave_when_session_was_not_left(
+    spawn: Callable[..., Instance], workdir: Path
+) -> None:
+    inst = spawn("-m", "flmrun", "--service", "flmtestsvc:Recorder")
+    inst.wait_socket()
+    assert inst.enter().return_code == 0
+    inst.signal_group(signal.SIGTERM)
+    assert inst.wait_exit(timeout=10) == 0
+    assert _events(workdir) == ["enter", "leave"]
+
+
+def test_leave_runs_once(spawn: Callable[..., Instance], workdir: Path) -> None:
+    inst = spawn("-m", "flmrun", "--service", "flmtestsvc:Recorder")
+    inst.wait_socket()
+    assert inst.enter().return_code == 0
+    assert inst.leave().return_code == 0
+    inst.signal_group(signal.SIGTERM)
+    assert inst.wait_exit(timeout=10) == 0
+    assert _events(workdir) == ["enter", "leave"]
+
+
+def test_sigterm_during_a_hung_task_still_exits(spawn: Callable[..., Instance]) -> None:
+    inst = spawn(*TESTAPP)
+    inst.wait_socket()
+    assert inst.enter().return_code == 0
+    ctx = shim_pb2.TaskContext(task_id="1", session_id="s-1", input=b"sleep:600")
+    call = inst.stub.OnTaskInvoke.future(ctx, timeout=RPC_TIMEOUT)
+    time.sleep(0.3)  # let the task reach its sleep; correctness does not depend on it
+    inst.signal_group(signal.SIGTERM)
+    # 5 s grace for the in-flight task, then exit although its thread is still sleeping.
+    assert inst.wait_exit(timeout=20) == 0
+    assert not os.path.exists(inst.sock)
+    with pytest.raises(grpc.RpcError):
+        call.result(timeout=WAIT)
+
+
+# --------------------------------------------------------------------------- services
+
+
+def test_non_bytes_output_is_a_failure(spawn: Callable[..., Instance]) -> None:
+    inst = spawn("-m", "flmrun", "--service", "flmtestsvc:Recorder")
+    inst.wait_socket()
+    assert inst.enter().return_code == 0
+
+    r = inst.invoke(b"str")
+    assert r.return_code == -1
+    assert "bytes" in r.message
+    assert "str" in r.message
+    assert not r.HasField("output")
+
+    r = inst.invoke(b"none")
+    assert r.return_code == 0
+    assert not r.HasField("output")
+
+    r = inst.invoke(b"")
+    assert r.return_code == 0
+    assert r.HasField("output")
+    assert r.output == b""
+
+
+def test_sync_methods_run_in_a_worker_thread(spawn: Callable[..., Instance]) -> None:
+    inst = spawn("-m", "flmrun", "--service", "flmtestsvc:Recorder")
+    inst.wait_socket()
+    assert inst.enter().return_code == 0
+    name = inst.invoke(b"thread").output
+    assert name != b"MainThread"
+    assert name.startswith(b"flmrun-")
+
+
+def test_async_service(spawn: Callable[..., Instance], workdir: Path) -> None:
+    inst = spawn("-m", "flmrun", "--service", "flmtestsvc:AsyncService")
+    inst.wait_socket()
+    assert inst.enter(common_data=b"pre-").return_code == 0
+    r = inst.invoke(b"x")
+    assert r.return_code == 0
+    assert r.output == b"pre-x"
+    assert inst.invoke(b"thread").output == b"MainThread"  # coroutines run on the loop
+
+    r = inst.invoke(b"raise")
+    assert r.return_code == -1
+    assert r.message.startswith("ValueError: async boom\n")
+    assert "Traceback" in r.message
+
+    # on_session_leave raises, but the RPC still reports success.
+    assert inst.leave().return_code == 0
+    assert _events(workdir) == ["enter", "leave"]
+
+
+def test_service_without_on_task_invoke(spawn: Callable[..., Instance]) -> None:
+    inst = spawn("-m", "flmrun", "--service", "flmtestsvc:NoInvoke")
+    inst.wait_socket()
+    assert inst.enter().return_code == 0
+    r = inst.invoke(b"x")
+    assert r.return_code == -1
+    assert r.message.startswith("NotImplementedError: NoInvoke does not implement on_task_invoke")
+
+
+def test_socket_is_bound_before_the_service_module_is_imported(
+    spawn: Callable[..., Instance], workdir: Path, base_env: dict[str, str]
+) -> None:
+    started, release, finished = workdir / "started", workdir / "release", workdir / "finished"
+    base_env.update(
+        FLMRUN_TEST_STARTED=str(started),
+        FLMRUN_TEST_RELEASE=str(release),
+        FLMRUN_TEST_FINISHED=str(finished),
+    )
+    inst = spawn("-m", "flmrun", "--service", "flmtestslow:Slow")
+
+    # The import cannot finish until `release` exists, yet the socket appears and the
+    # import has started: the socket was bound first.
+    inst.wait_socket()
+    _wait_for(started.exists, WAIT, "the service import to start")
+    assert not finished.exists()
+
+    # An RPC sent while the import is blocked waits for it rather than failing.
+    ctx = shim_pb2.SessionContext(session_id="s-1", application=shim_pb2.ApplicationContext())
+    pending = inst.stub.OnSessionEnter.future(ctx, timeout=RPC_TIMEOUT)
+    time.sleep(0.2)
+    assert not pending.done()
+    assert not finished.exists()
+
+    release.touch()
+    assert pending.result(timeout=RPC_TIMEOUT).return_code == 0
+    assert finished.exists()
+    assert inst.invoke(b"q").output == b"slow:q"
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("flm_no_such_module:Svc", "ServiceLoadError: cannot import module 'flm_no_such_module'"),
+        ("flmtestsvc:Missing", "ServiceLoadError: 'flmtestsvc:Missing': 'flmtestsvc' has no"),
+        ("flmtestsvc:NotAService", "not a subclass of flmrun.FlameService"),
+        ("flmtestsvc:BadInit", "ServiceLoadError: constructing flmtestsvc:BadInit failed"),
+    ],
+)
+def test_unloadable_service_is_reported_through_rpcs(
+    spawn: Callable[..., Instance], spec: str, expected: str
+) -> None:
+    inst = spawn("-m", "flmrun", "--service", spec)
+    inst.wait_socket()  # bound even though the service can never load
+
+    r = inst.enter()
+    assert r.return_code == -1
+    assert expected in r.message
+    t = inst.invoke(b"x")
+    assert t.return_code == -1
+    assert expected in t.message
+    assert inst.leave().return_code == 0
+
+    inst.signal_group(signal.SIGTERM)
+    assert inst.wait_exit(timeout=10) == 0
+
+
+def test_stale_socket_file_is_replaced(spawn: Callable[..., Instance], workdir: Path) -> None:
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(workdir / "x.sock"))
+    stale.close()  # leaves the socket file behind, with nobody listening
+    assert os.path.exists(workdir / "x.sock")
+
+    inst = spawn(*TESTAPP)
+    assert inst.enter().return_code == 0  # wait_for_ready rides out the startup
+    assert inst.invoke(b"fresh").output == b"echo:fresh"
+
+
+# --------------------------------------------------------------------------- startup errors
+
+
+@pytest.mark.parametrize("args", [TESTAPP, ("-m", "flmrun", "--service", "flmtestsvc:Recorder")])
+def test_missing_endpoint_fails(
+    spawn: Callable[..., Instance], base_env: dict[str, str], args: tuple[str, ...]
+) -> None:
+    del base_env["FLAME_INSTANCE_ENDPOINT"]
+    inst = spawn(*args)
+    assert inst.wait_exit() != 0
+    assert "FLAME_INSTANCE_ENDPOINT" in inst.stderr()
+    assert "Traceback" not in inst.stderr()
+
+
+def test_relative_endpoint_fails(spawn: Callable[..., Instance], base_env: dict[str, str]) -> None:
+    base_env["FLAME_INSTANCE_ENDPOINT"] = "relative.sock"
+    inst = spawn(*TESTAPP)
+    assert inst.wait_exit() != 0
+    assert "absolute" in inst.stderr()
+    assert "relative.sock" in inst.stderr()
+
+
+def test_no_service_exits_2(spawn: Callable[..., Instance], workdir: Path) -> None:
+    inst = spawn("-m", "flmrun")
+    assert inst.wait_exit() == 2
+    assert "flmrun: no --service given;" in inst.stderr()
+    assert not os.path.exists(workdir / "x.sock")
+
+
+def test_malformed_service_spec_exits_2(spawn: Callable[..., Instance]) -> None:
+    inst = spawn("-m", "flmrun", "--service", "no-colon-here")
+    assert inst.wait_exit() == 2
+    assert "module:ClassName" in inst.stderr()
+
+
+# --------------------------------------------------------------------------- in-process
+
+
+class _Echo(flmrun.FlameService):
+    def on_task_invoke(self, context: flmrun.TaskContext) -> bytes | None:
+        return context.input
+
+
+def test_serve_rejects_relative_endpoint() -> None:
+    with pytest.raises(flmrun.InstanceConfigError, match="absolute"):
+        asyncio.run(flmrun.serve(_Echo(), endpoint="x.sock"))
+
+
+def test_serve_refuses_to_replace_a_regular_file(workdir: Path) -> None:
+    path = workdir / "x.sock"
+    path.write_text("not a socket")
+    with pytest.raises(flmrun.InstanceConfigError, match="not a socket"):
+        asyncio.run(flmrun.serve(_Echo(), endpoint=str(path)))
+    assert path.read_text() == "not a socket"
+
+
+def test_serve_reports_unbindable_path(workdir: Path) -> None:
+    with pytest.raises(flmrun.InstanceConfigError, match="cannot bind"):
+        asyncio.run(flmrun.serve(_Echo(), endpoint=str(workdir / "missing-dir" / "x.sock")))
+
+
+def test_missing_endpoint_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLAME_INSTANCE_ENDPOINT", raising=False)
+    with pytest.raises(flmrun.InstanceConfigError, match="FLAME_INSTANCE_ENDPOINT"):
+        flmrun.run(_Echo)
+
+
+def test_error_hierarchy() -> None:
+    assert issubclass(flmrun.InstanceConfigError, flmrun.FlmrunError)
+    assert issubclass(flmrun.ServiceLoadError, flmrun.FlmrunError)
+    assert issubclass(flmrun.FlmrunError, Exception)
+
+
+def test_format_error() -> None:
+    def fail() -> None:
+        raise KeyError("k")
+
+    try:
+        fail()
+    except KeyError as exc:
+        text = format_error(exc)
+    first, rest = text.split("\n", 1)
+    assert first == "KeyError: 'k'"
+    assert rest.startswith("Traceback (most recent call last):\n")
+    assert "in fail" in rest
+    assert rest.endswith("KeyError: 'k'")
+
+
+@pytest.mark.parametrize(
+    ("value", "level"),
+    [
+        (None, 20),
+        ("", 20),
+        ("info", 20),
+        ("debug", 10),
+        ("trace", 10),
+        ("WARN", 30),
+        ("error", 40),
+        ("flame=debug,warn", 30),
+        ("flame_executor_manager=debug", 20),
+        ("bogus", 20),
+    ],
+)
+def test_log_level_from_env(value: str | None, level: int) -> None:
+    assert log_level_from_env(value) == level
+
+
+def test_public_api_and_light_import() -> None:
+    assert flmrun.__version__ == "0.1.0"
+    for name in flmrun.__all__:
+        assert hasattr(flmrun, name), name
+    code = (
+        "import sys, flmrun; "
+        "assert 'grpc' not in sys.modules, 'grpc imported eagerly'; "
+        "flmrun.run; assert 'grpc' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=WAIT)
+
+
+def test_contexts_defaults() -> None:
+    app = flmrun.ApplicationContext(name="a")
+    assert (app.shim, app.image, app.command, app.working_directory, app.url, app.installer) == (
+        0,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+    session = flmrun.SessionContext(session_id="s", application=app, common_data=None)
+    assert session.common_data is None
+    task = flmrun.TaskContext(task_id="1", session_id="s", input=b"x")
+    assert task.input == b"x"
+    service = flmrun.FlameService()
+    assert service.on_session_enter(session) is None
+    assert service.on_session_leave() is None
+    with pytest.raises(NotImplementedError):
+        service.on_task_invoke(task)
