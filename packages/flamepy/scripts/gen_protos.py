@@ -19,7 +19,10 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent
 PROTO_DIR = PACKAGE_DIR / "protos"
 DEFAULT_OUT = PACKAGE_DIR / "src" / "flamepy" / "proto"
 PROTOS = ("types.proto", "frontend.proto", "shim.proto")
-HEADER = '"""Generated gRPC stubs for the flame.v1 protocol. Do not edit: run scripts/gen_protos.py."""\n'
+HEADER = (
+    '"""Generated gRPC stubs for the flame.v1 protocol. '
+    'Do not edit: run scripts/gen_protos.py."""\n'
+)
 
 _BARE_IMPORT = re.compile(r"^import (types_pb2|frontend_pb2|shim_pb2) as ", re.MULTILINE)
 _BARE_FROM = re.compile(r"^from (types_pb2|frontend_pb2|shim_pb2) import ", re.MULTILINE)

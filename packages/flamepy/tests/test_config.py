@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from flamepy._config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_FLAME_CACHE_ENDPOINT,

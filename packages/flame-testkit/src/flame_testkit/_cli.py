@@ -80,7 +80,10 @@ def _run(config: LocalClusterConfig, cmd: list[str]) -> int:
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     if not cmd:
-        print("flame-local run: no command given; usage: flame-local run -- CMD [ARGS...]", file=sys.stderr)
+        print(
+            "flame-local run: no command given; usage: flame-local run -- CMD [ARGS...]",
+            file=sys.stderr,
+        )
         return 2
     with ClusterThread(config) as cluster:
         env = dict(os.environ, FLAME_ENDPOINT=cluster.endpoint)

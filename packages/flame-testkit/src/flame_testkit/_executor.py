@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import platform
+import signal
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,7 +24,15 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
-from flame_testkit._launch import InstanceDirs, expand, instance_environment, spawn, tail, terminate
+from flame_testkit._launch import (
+    InstanceDirs,
+    expand,
+    group_alive,
+    instance_environment,
+    spawn,
+    tail,
+    terminate,
+)
 from flame_testkit._state import AppRecord, ClusterState, SessionRecord, TaskRecord, TaskState
 from flamepy.proto import shim_pb2, shim_pb2_grpc, types_pb2
 
@@ -88,6 +97,7 @@ class ExecutorManager:
         self.executors: dict[str, Executor] = {}
         self.launched_pids: list[int] = []
         self._runners: set[asyncio.Task[None]] = set()
+        self._unbinds: set[asyncio.Future[None]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
@@ -112,9 +122,19 @@ class ExecutorManager:
             ex.wake.set()
         runners = list(self._runners)
         for runner in runners:
-            runner.cancel()
+            runner.cancel()  # interrupts idle waits and running tasks
+        budget = self.config.kill_grace + self.config.leave_timeout + 5
         if runners:
-            await asyncio.wait(runners, timeout=self.config.kill_grace + self.config.leave_timeout + 5)
+            await asyncio.wait(runners, timeout=budget)
+        if self._unbinds:
+            await asyncio.wait(list(self._unbinds), timeout=budget)
+        for pid in self.launched_pids:  # last resort: nothing may outlive the manager
+            if group_alive(pid):
+                log.warning("killing leftover instance process group %d", pid)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)  # noqa: ASYNC222 - already SIGKILLed
 
     # -- notifications ----------------------------------------------------------------
 
@@ -196,9 +216,14 @@ class ExecutorManager:
         except Exception:  # pragma: no cover - logged, the instance is released below
             log.exception("executor %s failed", ex.id)
         finally:
-            await asyncio.shield(self._unbind(ex))
-            self.executors.pop(ex.id, None)
-            self._wake.set()
+            unbind = asyncio.ensure_future(self._unbind(ex))
+            self._unbinds.add(unbind)
+            unbind.add_done_callback(self._unbinds.discard)
+            try:
+                await asyncio.shield(unbind)
+            finally:
+                self.executors.pop(ex.id, None)
+                self._wake.set()
 
     async def _bind(self, ex: Executor, app: AppRecord) -> None:
         ex.state = types_pb2.ExecutorBinding
@@ -236,7 +261,7 @@ class ExecutorManager:
         self.launched_pids.append(ex.process.pid)
         await self._wait_socket(ex, socket_path, stderr)
         ex.channel = grpc.aio.insecure_channel(f"unix://{socket_path}")
-        ex.stub = shim_pb2_grpc.InstanceStub(ex.channel)
+        ex.stub = shim_pb2_grpc.InstanceStub(ex.channel)  # type: ignore[no-untyped-call]
         session = self.state.sessions.get(ex.session_id)
         if session is None or not session.open:
             raise SessionGone(ex.session_id)
@@ -262,7 +287,10 @@ class ExecutorManager:
         assert ex.process is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.socket_timeout
-        while not socket_path.exists():
+        while not socket_path.exists():  # noqa: ASYNC240 - a stat, polled like the real one
+            session = self.state.sessions.get(ex.session_id)
+            if self._stopping or session is None or not session.open:
+                raise SessionGone(ex.session_id)
             if ex.process.returncode is not None:
                 raise BindError(
                     f"instance exited with code {ex.process.returncode} before creating its "
@@ -380,7 +408,7 @@ class ExecutorManager:
             msg.spec.node = self.config.node_name
             if ex.resreq is not None:
                 msg.spec.resreq.CopyFrom(ex.resreq)
-            msg.status.state = ex.state
+            msg.status.state = ex.state  # type: ignore[assignment]
             msg.status.session_id = ex.session_id
             out.append(msg)
         return out

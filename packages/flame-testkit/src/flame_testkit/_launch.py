@@ -82,7 +82,9 @@ class InstanceDirs:
     keep_process_dir: bool
 
     @classmethod
-    def create(cls, spec: types_pb2.ApplicationSpec, app_name: str, work_root: Path, executor_id: str) -> InstanceDirs:
+    def create(
+        cls, spec: types_pb2.ApplicationSpec, app_name: str, work_root: Path, executor_id: str
+    ) -> InstanceDirs:
         if spec.HasField("working_directory") and spec.working_directory:
             process_dir, keep = Path(spec.working_directory), True
         else:
@@ -101,7 +103,7 @@ async def spawn(
     command: str, args: list[str], *, cwd: Path, env: Mapping[str, str], stdout: Path, stderr: Path
 ) -> asyncio.subprocess.Process:
     """Start the instance in a new process group with output captured to files."""
-    with open(stdout, "wb") as out, open(stderr, "wb") as err:
+    with open(stdout, "wb") as out, open(stderr, "wb") as err:  # noqa: ASYNC230 - local
         return await asyncio.create_subprocess_exec(
             command,
             *args,

@@ -31,7 +31,7 @@ class FrontendServer:
 
     async def start(self) -> None:
         server = grpc.aio.server(options=(("grpc.so_reuseport", 0),))
-        frontend_pb2_grpc.add_FrontendServicer_to_server(self.servicer, server)
+        frontend_pb2_grpc.add_FrontendServicer_to_server(self.servicer, server)  # type: ignore[no-untyped-call]
         self.port = server.add_insecure_port(f"{self.host}:{self._requested_port}")
         if self.port == 0:
             raise OSError(f"cannot bind the Frontend server to {self.host}:{self._requested_port}")

@@ -29,6 +29,7 @@ from flame_testkit._state import (
     StateError,
     TaskRecord,
     TaskState,
+    parse_task_id,
 )
 from flamepy.proto import frontend_pb2 as fe
 from flamepy.proto import frontend_pb2_grpc, types_pb2
@@ -59,7 +60,7 @@ def task_to_proto(task: TaskRecord, with_events: bool) -> types_pb2.Task:
         msg.spec.input = task.input
     if task.output is not None:
         msg.spec.output = task.output
-    msg.status.state = int(task.state)
+    msg.status.state = int(task.state)  # type: ignore[assignment]
     msg.status.creation_time = task.creation_time
     if task.completion_time is not None:
         msg.status.completion_time = task.completion_time
@@ -104,7 +105,7 @@ async def _abort(context: grpc.aio.ServicerContext, err: StateError) -> NoReturn
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-class FrontendServicer(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
+class FrontendServicer(frontend_pb2_grpc.FrontendServicer):
     """Serves ``flame.v1.Frontend`` from a :class:`ClusterState`."""
 
     def __init__(
@@ -149,7 +150,9 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc
 
     # -- applications -----------------------------------------------------------------
 
-    async def RegisterApplication(self, request: fe.RegisterApplicationRequest, context: Any) -> types_pb2.Result:
+    async def RegisterApplication(
+        self, request: fe.RegisterApplicationRequest, context: Any
+    ) -> types_pb2.Result:
         spec = request.application if request.HasField("application") else None
         try:
             self.state.register_application(request.name, spec)
@@ -159,7 +162,9 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc
             await _abort(context, err)
         return types_pb2.Result(return_code=0)
 
-    async def UpdateApplication(self, request: fe.UpdateApplicationRequest, context: Any) -> types_pb2.Result:
+    async def UpdateApplication(
+        self, request: fe.UpdateApplicationRequest, context: Any
+    ) -> types_pb2.Result:
         spec = request.application if request.HasField("application") else None
         try:
             self.state.update_application(request.name, spec)
@@ -171,25 +176,33 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc
             return types_pb2.Result(return_code=-1, message=str(err))
         return types_pb2.Result(return_code=0)
 
-    async def UnregisterApplication(self, request: fe.UnregisterApplicationRequest, context: Any) -> types_pb2.Result:
+    async def UnregisterApplication(
+        self, request: fe.UnregisterApplicationRequest, context: Any
+    ) -> types_pb2.Result:
         try:
             self.state.unregister_application(request.name)
         except StateError as err:
             return types_pb2.Result(return_code=-1, message=str(err))
         return types_pb2.Result(return_code=0)
 
-    async def GetApplication(self, request: fe.GetApplicationRequest, context: Any) -> types_pb2.Application:
+    async def GetApplication(
+        self, request: fe.GetApplicationRequest, context: Any
+    ) -> types_pb2.Application:
         try:
             return application_to_proto(self.state.get_application(request.name))
         except StateError as err:
             await _abort(context, err)
 
-    async def ListApplication(self, request: fe.ListApplicationRequest, context: Any) -> types_pb2.ApplicationList:
+    async def ListApplication(
+        self, request: fe.ListApplicationRequest, context: Any
+    ) -> types_pb2.ApplicationList:
         return types_pb2.ApplicationList(
             applications=[application_to_proto(a) for a in self.state.apps.values()]
         )
 
-    async def ListExecutor(self, request: fe.ListExecutorRequest, context: Any) -> types_pb2.ExecutorList:
+    async def ListExecutor(
+        self, request: fe.ListExecutorRequest, context: Any
+    ) -> types_pb2.ExecutorList:
         return types_pb2.ExecutorList(executors=self._executors())
 
     async def ListNodes(self, request: fe.ListNodesRequest, context: Any) -> types_pb2.NodeList:
@@ -203,7 +216,9 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc
 
     # -- sessions -------------------------------------------------------------------
 
-    async def CreateSession(self, request: fe.CreateSessionRequest, context: Any) -> types_pb2.Session:
+    async def CreateSession(
+        self, request: fe.CreateSessionRequest, context: Any
+    ) -> types_pb2.Session:
         spec = request.session if request.HasField("session") else None
         try:
             return session_to_proto(self.state.create_session(request.session_id, spec))
@@ -217,13 +232,17 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc
         except StateError as err:
             await _abort(context, err)
 
-    async def CloseSession(self, request: fe.CloseSessionRequest, context: Any) -> types_pb2.Session:
+    async def CloseSession(
+        self, request: fe.CloseSessionRequest, context: Any
+    ) -> types_pb2.Session:
         try:
             return session_to_proto(self.state.close_session(request.session_id))
         except StateError as err:
             await _abort(context, err)
 
-    async def DeleteSession(self, request: fe.DeleteSessionRequest, context: Any) -> types_pb2.Session:
+    async def DeleteSession(
+        self, request: fe.DeleteSessionRequest, context: Any
+    ) -> types_pb2.Session:
         try:
             return session_to_proto(self.state.delete_session(request.session_id))
         except StateError as err:
@@ -235,7 +254,9 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc
         except StateError as err:
             await _abort(context, err)
 
-    async def ListSession(self, request: fe.ListSessionRequest, context: Any) -> types_pb2.SessionList:
+    async def ListSession(
+        self, request: fe.ListSessionRequest, context: Any
+    ) -> types_pb2.SessionList:
         return types_pb2.SessionList(
             sessions=[session_to_proto(s) for s in self.state.sessions.values()]
         )
@@ -258,11 +279,13 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc
         except StateError as err:
             await _abort(context, err)
 
-    async def WatchTask(self, request: fe.WatchTaskRequest, context: Any) -> AsyncIterator[types_pb2.Task]:
+    async def WatchTask(
+        self, request: fe.WatchTaskRequest, context: Any
+    ) -> AsyncIterator[types_pb2.Task]:
         try:
-            task_id = int(request.task_id)
-        except ValueError:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid task id {request.task_id!r}")
+            task_id = parse_task_id(request.task_id)
+        except StateError as err:
+            await _abort(context, err)
         key = (request.session_id, task_id)
         sent: TaskState | None = None
         while True:
@@ -278,7 +301,9 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc
                 continue  # the state may have moved on while we yielded
             await self._wait_change(key)
 
-    async def ListTask(self, request: fe.ListTaskRequest, context: Any) -> AsyncIterator[types_pb2.Task]:
+    async def ListTask(
+        self, request: fe.ListTaskRequest, context: Any
+    ) -> AsyncIterator[types_pb2.Task]:
         try:
             tasks = list(self.state.iter_tasks(request.session_id))
         except StateError as err:

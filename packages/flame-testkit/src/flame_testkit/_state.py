@@ -25,8 +25,11 @@ DEFAULT_RESREQ = types_pb2.ResourceRequirement(cpu=1, memory=1024**3, gpu=0)
 DEFAULT_RETRY_LIMIT = 5
 EVENT_BIND_FAILED = 1001
 EVENT_RETRY_LIMIT = 1002
-_APP_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+_APP_NAME = re.compile(r"[A-Za-z0-9._-]+")  # used with fullmatch: "$" would allow "\n"
 MAX_APP_NAME = 253
+_TASK_ID = re.compile(r"[+-]?[0-9]+")
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
 
 
 class TaskState(IntEnum):
@@ -82,11 +85,19 @@ class AppRecord:
 
     @property
     def max_instances(self) -> int:
-        return self.spec.max_instances if self.spec.HasField("max_instances") else DEFAULT_APP_MAX_INSTANCES
+        return (
+            self.spec.max_instances
+            if self.spec.HasField("max_instances")
+            else DEFAULT_APP_MAX_INSTANCES
+        )
 
     @property
     def delay_release(self) -> int:
-        return self.spec.delay_release if self.spec.HasField("delay_release") else DEFAULT_DELAY_RELEASE
+        return (
+            self.spec.delay_release
+            if self.spec.HasField("delay_release")
+            else DEFAULT_DELAY_RELEASE
+        )
 
 
 @dataclass
@@ -113,6 +124,8 @@ class SessionRecord:
     counts: dict[TaskState, int] = field(default_factory=lambda: dict.fromkeys(TaskState, 0))
     events: list[EventRecord] = field(default_factory=list)
     bind_failures: int = 0
+    unschedulable: str | None = None
+    """Set at the bind retry limit: why no instance can run this session's tasks."""
     next_task_id: int = 1
 
     @property
@@ -128,11 +141,24 @@ Listener = Callable[[str, SessionRecord, "TaskRecord | None"], None]
 def validate_app_name(name: str) -> None:
     if not name or len(name) > MAX_APP_NAME:
         raise InvalidName(f"invalid application name {name!r}: must be 1 to 253 characters")
-    if not _APP_NAME.match(name) or name[0] in ".-" or ".." in name:
+    if not _APP_NAME.fullmatch(name) or name[0] in ".-" or ".." in name:
         raise InvalidName(
             f"invalid application name {name!r}: use [A-Za-z0-9._-], do not start with "
             "'.' or '-', and do not use '..'"
         )
+
+
+def parse_task_id(task_id: str) -> int:
+    """Parse a wire task id as the real server does (an int64, Rust ``i64::from_str``).
+
+    Stricter than ``int()``: no whitespace, underscores or non-ASCII digits, and the
+    value must fit in an int64.
+    """
+    if _TASK_ID.fullmatch(task_id):
+        value = int(task_id)
+        if INT64_MIN <= value <= INT64_MAX:
+            return value
+    raise InvalidArgument(f"invalid task id {task_id!r}")
 
 
 def validate_app_spec(spec: types_pb2.ApplicationSpec | None) -> types_pb2.ApplicationSpec:
@@ -231,7 +257,9 @@ class ClusterState:
             raise StateError(f"application {spec.application} is disabled")
         if session_id in self.sessions:
             raise StateError(f"session {session_id} already exists")
-        session = SessionRecord(id=session_id, spec=self._resolved_spec(spec), creation_time=now_ms())
+        session = SessionRecord(
+            id=session_id, spec=self._resolved_spec(spec), creation_time=now_ms()
+        )
         self.sessions[session_id] = session
         self._emit("session", session)
         return session
@@ -309,15 +337,16 @@ class ClusterState:
         session.tasks[task.id] = task
         session.counts[TaskState.PENDING] += 1
         task.events.append(EventRecord(TaskState.PENDING, None, task.creation_time))
+        if session.unschedulable is not None:
+            # Past the bind retry limit nothing will ever run it: fail it now.
+            self._transition(session, task, TaskState.FAILED, now_ms(), session.unschedulable)
+            return task
         session.pending.append(task.id)
         self._emit("task", session, task)
         return task
 
     def get_task(self, session_id: str, task_id: str) -> TaskRecord:
-        try:
-            tid = int(task_id)
-        except ValueError:
-            raise InvalidArgument(f"invalid task id {task_id!r}") from None
+        tid = parse_task_id(task_id)
         session = self.get_session(session_id)
         try:
             return session.tasks[tid]
@@ -399,6 +428,7 @@ class ClusterState:
             f"no instance could be started for session {session_id} after "
             f"{session.bind_failures} attempts; last error: {message}"
         )
+        session.unschedulable = reason
         while session.pending:
             task = session.tasks[session.pending.popleft()]
             self._transition(session, task, TaskState.FAILED, now, reason)

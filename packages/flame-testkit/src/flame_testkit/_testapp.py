@@ -10,6 +10,12 @@ input is a small command, so tests can make an instance succeed, fail, hang or c
 ``pid``             the instance's process id, as decimal bytes
 ``env:<NAME>``      the value of environment variable NAME (``b""`` if unset)
 ``common``          the session's common_data (``b""`` if none)
+``who:<text>``      ``b"<pid>:<text>"``: which instance ran the task
+``span:<secs>``     sleep, then ``b"<pid>:<start>:<end>"`` (monotonic clock)
+``pgid``            the instance's process group id
+``cwd``             the instance's working directory
+``print:<text>``    write text to stdout and stderr, return ``b"printed"``
+``orphan``          start a child in the same process group that ignores SIGTERM
 anything else       ``b"echo:" + input`` (``b"echo:"`` for no input)
 ==================  ===========================================================
 
@@ -19,6 +25,7 @@ A session whose common_data is ``b"fail-enter"`` is refused in ``on_session_ente
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 
@@ -26,6 +33,13 @@ import flmrun
 from flmrun import FlameService, SessionContext, TaskContext
 
 __all__ = ["TestAppService", "main"]
+
+_ORPHAN = (
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(600)\n"
+)
 
 
 class TestAppService(FlameService):
@@ -59,6 +73,33 @@ class TestAppService(FlameService):
             return os.environ.get(name, "").encode()
         if data == b"common":
             return self.common_data or b""
+        return self._more(data)
+
+    def _more(self, data: bytes) -> bytes:
+        if data.startswith(b"who:"):
+            return f"{os.getpid()}:".encode() + data[len(b"who:") :]
+        if data.startswith(b"span:"):
+            start = time.monotonic()
+            time.sleep(float(data[len(b"span:") :]))
+            return f"{os.getpid()}:{start}:{time.monotonic()}".encode()
+        if data == b"pgid":
+            return str(os.getpgid(0)).encode()
+        if data == b"cwd":
+            return os.getcwd().encode()
+        if data.startswith(b"print:"):
+            text = data[len(b"print:") :].decode(errors="replace")
+            print(text, flush=True)
+            print(text, file=sys.stderr, flush=True)
+            return b"printed"
+        if data == b"orphan":
+            child = subprocess.Popen(
+                [sys.executable, "-c", _ORPHAN],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+            )
+            assert child.stdout is not None
+            child.stdout.readline()  # wait until SIGTERM is ignored
+            return str(child.pid).encode()
         return b"echo:" + data
 
     def on_session_leave(self) -> None:

@@ -30,7 +30,6 @@ from flamepy._convert import (
     node_from_proto,
     resreq_to_proto,
     task_from_proto,
-    task_state,
 )
 from flamepy._errors import (
     FlameTimeoutError,
@@ -88,7 +87,9 @@ def task_outcome(task: Task) -> bytes | None:
             session_id=task.session_id,
             task_id=task.id,
         )
-    raise InvalidArgumentError(f"task {task.session_id}/{task.id} is not finished ({task.state.name})")
+    raise InvalidArgumentError(
+        f"task {task.session_id}/{task.id} is not finished ({task.state.name})"
+    )
 
 
 class AsyncConnection:
@@ -97,7 +98,7 @@ class AsyncConnection:
     def __init__(self, endpoint: str, channel: grpc.aio.Channel) -> None:
         self.endpoint = endpoint
         self._channel = channel
-        self._stub = frontend_pb2_grpc.FrontendStub(channel)
+        self._stub = frontend_pb2_grpc.FrontendStub(channel)  # type: ignore[no-untyped-call]
         self.rpc_timeout = DEFAULT_RPC_TIMEOUT
 
     @classmethod
@@ -163,7 +164,9 @@ class AsyncConnection:
     async def get_application(self, name: str) -> Application | None:
         try:
             app = await self._unary(
-                f"GetApplication({name})", self._stub.GetApplication, fe.GetApplicationRequest(name=name)
+                f"GetApplication({name})",
+                self._stub.GetApplication,
+                fe.GetApplicationRequest(name=name),
             )
         except NotFoundError:
             return None
@@ -315,9 +318,7 @@ class AsyncConnection:
             yield terminal
             return
 
-    async def wait_task(
-        self, session_id: str, task_id: str, timeout: float | None = None
-    ) -> Task:
+    async def wait_task(self, session_id: str, task_id: str, timeout: float | None = None) -> Task:
         """Wait until the task is terminal and return it (never raises for its state)."""
 
         async def _last() -> Task:
@@ -406,7 +407,9 @@ class AsyncSession:
         """Run one task and return its output; raise TaskFailedError etc. on failure."""
         return await self.connection.run_task(self.id, input_data, timeout)
 
-    def run(self, input_data: bytes | None, timeout: float | None = None) -> asyncio.Task[bytes | None]:
+    def run(
+        self, input_data: bytes | None, timeout: float | None = None
+    ) -> asyncio.Task[bytes | None]:
         """Start :meth:`invoke` as an asyncio task."""
         return asyncio.ensure_future(self.invoke(input_data, timeout))
 
@@ -420,6 +423,3 @@ class AsyncSession:
     async def __aexit__(self, *exc: object) -> None:
         if self.state == SessionState.OPEN:
             await self.close()
-
-
-

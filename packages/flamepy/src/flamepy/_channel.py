@@ -46,13 +46,33 @@ def open_channel(endpoint: str, ca_file: str | None = None) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(target, creds, options=CHANNEL_OPTIONS)
 
 
+HINT = "check that it is running and that FLAME_ENDPOINT or cluster.endpoint in flame.yaml names it"
+
+
+async def _ready_or_refused(channel: grpc.aio.Channel) -> bool:
+    """Wait for READY (True) or a first TRANSIENT_FAILURE (False)."""
+    state = channel.get_state(try_to_connect=True)
+    while state != grpc.ChannelConnectivity.READY:
+        if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+            return False
+        await channel.wait_for_state_change(state)
+        state = channel.get_state(try_to_connect=True)
+    return True
+
+
 async def wait_ready(channel: grpc.aio.Channel, endpoint: str, timeout: float) -> None:
-    """Wait until ``channel`` connects, or fail with an error naming ``endpoint``."""
+    """Wait until ``channel`` connects, or fail with an error naming ``endpoint``.
+
+    A refused connection fails at once; an unanswered one after ``timeout`` s.
+    """
     try:
-        await asyncio.wait_for(channel.channel_ready(), timeout)
+        ready = await asyncio.wait_for(_ready_or_refused(channel), timeout)
     except asyncio.TimeoutError:
         raise ConnectionFailedError(
-            f"cannot reach the Flame session manager at {endpoint} within {timeout:g}s; "
-            "check that it is running and that FLAME_ENDPOINT or flame.yaml "
-            "(cluster.endpoint) names it"
+            f"cannot reach the Flame session manager at {endpoint} within {timeout:g}s; {HINT}"
         ) from None
+    if not ready:
+        raise ConnectionFailedError(
+            f"cannot connect to the Flame session manager at {endpoint}: the connection "
+            f"failed (nothing listening, or a TLS mismatch); {HINT}"
+        )

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
 from typing import Any, TypeVar
 
 from flamepy._async_client import AsyncConnection, AsyncSession
@@ -88,10 +89,8 @@ class _SyncIterator(Iterator[T]):
     def close(self) -> None:
         aclose = getattr(self._agen, "aclose", None)
         if aclose is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self._loop.run(aclose(), 5.0)
-            except Exception:
-                pass
 
 
 class TaskWatcher(_SyncIterator[Task]):
@@ -188,7 +187,7 @@ class Connection:
         inner = loop.run(AsyncConnection.connect(addr, ca_file=ca_file, timeout=timeout))
         return cls(inner, loop)
 
-    def _run(self, coro: Any) -> Any:
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self._loop.run(coro)
 
     def close(self) -> None:
@@ -214,16 +213,16 @@ class Connection:
         self._run(self._inner.unregister_application(name))
 
     def list_applications(self) -> list[Application]:
-        return self._run(self._inner.list_applications())  # type: ignore[no-any-return]
+        return self._run(self._inner.list_applications())
 
     def get_application(self, name: str) -> Application | None:
-        return self._run(self._inner.get_application(name))  # type: ignore[no-any-return]
+        return self._run(self._inner.get_application(name))
 
     def list_executors(self) -> list[Executor]:
-        return self._run(self._inner.list_executors())  # type: ignore[no-any-return]
+        return self._run(self._inner.list_executors())
 
     def list_nodes(self) -> list[Node]:
-        return self._run(self._inner.list_nodes())  # type: ignore[no-any-return]
+        return self._run(self._inner.list_nodes())
 
     def create_session(self, attrs: SessionAttributes) -> Session:
         return Session(self, self._run(self._inner.create_session(attrs)))
@@ -321,9 +320,7 @@ def list_sessions() -> list[Session]:
     return default_connection().list_sessions()
 
 
-def register_application(
-    name: str, app_attrs: ApplicationAttributes | Mapping[str, Any]
-) -> None:
+def register_application(name: str, app_attrs: ApplicationAttributes | Mapping[str, Any]) -> None:
     default_connection().register_application(name, app_attrs)
 
 
@@ -345,6 +342,3 @@ def list_executors() -> list[Executor]:
 
 def list_nodes() -> list[Node]:
     return default_connection().list_nodes()
-
-
-

@@ -75,7 +75,9 @@ def resreq_from_proto(req: types_pb2.ResourceRequirement) -> ResourceRequirement
 _APP_FIELDS = {f for f in ApplicationAttributes.__dataclass_fields__}
 
 
-def application_attributes(value: ApplicationAttributes | Mapping[str, Any]) -> ApplicationAttributes:
+def application_attributes(
+    value: ApplicationAttributes | Mapping[str, Any],
+) -> ApplicationAttributes:
     """Accept either attributes or a plain dict, as Flame's SDK does."""
     if isinstance(value, ApplicationAttributes):
         return value
@@ -99,7 +101,8 @@ def application_attributes(value: ApplicationAttributes | Mapping[str, Any]) -> 
 
 
 def application_spec_to_proto(attrs: ApplicationAttributes) -> types_pb2.ApplicationSpec:
-    spec = types_pb2.ApplicationSpec(shim=int(attrs.shim or Shim.HOST))
+    spec = types_pb2.ApplicationSpec()
+    spec.shim = int(attrs.shim or Shim.HOST)  # type: ignore[assignment]
     for name in ("description", "image", "command", "working_directory", "url", "installer"):
         value = getattr(attrs, name)
         if value is not None:

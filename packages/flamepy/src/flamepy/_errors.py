@@ -182,9 +182,7 @@ def from_rpc_error(err: grpc.RpcError, what: str = "") -> FlameError:
     message = f"{what}: {text}" if what else text
     name = code.name if code is not None else "UNKNOWN"
     cls = _STATUS_TO_ERROR.get(name, InternalError)
-    if cls is InvalidArgumentError:
-        return InvalidArgumentError(message)
-    return cls(message)  # type: ignore[call-arg]
+    return cls(message)  # type: ignore[arg-type]
 
 
 def from_result(return_code: int, message: str | None, what: str) -> FlameError:

@@ -60,8 +60,15 @@ class BackgroundLoop:
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
+            # On 3.11+ this is the builtin TimeoutError, which the coroutine itself may
+            # have raised (FlameTimeoutError is one): only a pending future timed out here.
+            if future.done():
+                raise
             future.cancel()
-            raise FlameTimeoutError(f"operation did not finish within {timeout}s") from None
+            raise FlameTimeoutError(f"operation did not finish within {timeout:g}s") from None
+        except KeyboardInterrupt:
+            future.cancel()
+            raise
 
     def add_closer(self, closer: Any) -> None:
         """Register an async callable run on the loop before it stops at exit."""

@@ -40,8 +40,8 @@ from collections.abc import Callable
 from typing import Any, TypeAlias, TypeVar, cast
 
 import grpc
-from flamepy.proto import shim_pb2, shim_pb2_grpc, types_pb2
 
+from flamepy.proto import shim_pb2, shim_pb2_grpc, types_pb2
 from flmrun._errors import InstanceConfigError, ServiceLoadError
 from flmrun._service import ApplicationContext, FlameService, SessionContext, TaskContext
 
@@ -288,10 +288,13 @@ class _InstanceServicer:
             if output is None:
                 return types_pb2.TaskResult(return_code=0)
             if not isinstance(output, bytes):
-                message = (
-                    f"TypeError: on_task_invoke must return bytes or None, "
-                    f"but returned {type(output).__module__}.{type(output).__qualname__}"
+                kind = type(output)
+                type_name = (
+                    kind.__qualname__
+                    if kind.__module__ == "builtins"
+                    else f"{kind.__module__}.{kind.__qualname__}"
                 )
+                message = f"TypeError: on_task_invoke must return bytes or None, not {type_name}"
                 logger.error("task %s: %s", ctx.task_id, message)
                 return types_pb2.TaskResult(return_code=-1, message=message)
             if len(output) > _EXECUTOR_DECODE_LIMIT:

@@ -1,0 +1,57 @@
+"""With no endpoint configured, flamepy starts a local cluster in-process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = """
+import logging, flamepy
+logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
+ssn = flamepy.create_session("flmtest")
+print(ssn.invoke(b"embedded", timeout=60))
+ssn.close()
+"""
+
+NO_TESTKIT = """
+import sys
+sys.modules["flame_testkit"] = None  # as if flame-testkit were not installed
+import flamepy
+try:
+    flamepy.list_applications()
+except flamepy.ConfigError as exc:
+    print("ConfigError:", exc)
+"""
+
+
+def _clean_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLAME_")}
+    env["HOME"] = str(home)  # no ~/.flame/flame.yaml there
+    return env
+
+
+def _run(code: str, home: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env=_clean_env(home),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_no_endpoint_starts_an_embedded_cluster(tmp_path: Path) -> None:
+    proc = _run(SCRIPT, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "b'echo:embedded'"
+    info = [ln for ln in proc.stderr.splitlines() if "embedded local cluster" in ln]
+    assert len(info) == 1 and info[0].startswith("flamepy.embedded INFO")
+
+
+def test_no_endpoint_without_testkit_says_how_to_configure(tmp_path: Path) -> None:
+    proc = _run(NO_TESTKIT, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "ConfigError: no Flame endpoint is configured" in proc.stdout
+    assert "FLAME_ENDPOINT" in proc.stdout and "flame.yaml" in proc.stdout
