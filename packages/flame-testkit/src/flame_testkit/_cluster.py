@@ -135,7 +135,7 @@ class LocalCluster:
         executors.append(manager)
         self.executor_manager = manager
         await manager.start()
-        log.info("local Flame cluster up: frontend %s", self.server.endpoint)
+        log.debug("local Flame cluster up: frontend %s", self.server.endpoint)
         return self
 
     async def stop(self) -> None:

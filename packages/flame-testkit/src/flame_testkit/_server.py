@@ -37,7 +37,7 @@ class FrontendServer:
             raise OSError(f"cannot bind the Frontend server to {self.host}:{self._requested_port}")
         await server.start()
         self._server = server
-        log.info("Frontend listening on %s", self.endpoint)
+        log.debug("Frontend listening on %s", self.endpoint)
 
     async def stop(self, grace: float = STOP_GRACE) -> None:
         if self._server is not None:
