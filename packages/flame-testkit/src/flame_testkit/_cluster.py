@@ -57,6 +57,9 @@ class LocalClusterConfig:
     kill_grace: float = DEFAULT_KILL_GRACE
     socket_timeout: float = DEFAULT_SOCKET_TIMEOUT
     python: str = field(default_factory=lambda: sys.executable)
+    tls_cert: Path | None = None
+    """PEM certificate chain: serve the Frontend over TLS (``https://``) with ``tls_key``."""
+    tls_key: Path | None = None
 
 
 def default_applications(config: LocalClusterConfig) -> dict[str, types_pb2.ApplicationSpec]:
@@ -118,7 +121,10 @@ class LocalCluster:
             executors=lambda: executors[0].executor_protos() if executors else [],
             nodes=lambda: executors[0].node_protos() if executors else [],
         )
-        self.server = FrontendServer(servicer, self.config.host, self.config.port)
+        tls = None
+        if self.config.tls_cert is not None and self.config.tls_key is not None:
+            tls = (self.config.tls_cert.read_bytes(), self.config.tls_key.read_bytes())
+        self.server = FrontendServer(servicer, self.config.host, self.config.port, tls)
         await self.server.start()
         manager = ExecutorManager(
             self.state,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import grpc
 import grpc.aio
 
 from flame_testkit._servicer import FrontendServicer
@@ -18,21 +19,35 @@ STOP_GRACE = 2.0
 class FrontendServer:
     """A grpc.aio server for one :class:`FrontendServicer`."""
 
-    def __init__(self, servicer: FrontendServicer, host: str = DEFAULT_HOST, port: int = 0) -> None:
+    def __init__(
+        self,
+        servicer: FrontendServicer,
+        host: str = DEFAULT_HOST,
+        port: int = 0,
+        tls: tuple[bytes, bytes] | None = None,
+    ) -> None:
+        """``tls`` is ``(certificate chain PEM, private key PEM)``; plaintext when None."""
         self.servicer = servicer
         self.host = host
         self._requested_port = port
+        self._tls = tls
         self.port = 0
         self._server: grpc.aio.Server | None = None
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self._tls else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     async def start(self) -> None:
         server = grpc.aio.server(options=(("grpc.so_reuseport", 0),))
         frontend_pb2_grpc.add_FrontendServicer_to_server(self.servicer, server)  # type: ignore[no-untyped-call]
-        self.port = server.add_insecure_port(f"{self.host}:{self._requested_port}")
+        address = f"{self.host}:{self._requested_port}"
+        if self._tls is not None:
+            creds = grpc.ssl_server_credentials([(self._tls[1], self._tls[0])])
+            self.port = server.add_secure_port(address, creds)
+        else:
+            self.port = server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot bind the Frontend server to {self.host}:{self._requested_port}")
         await server.start()
