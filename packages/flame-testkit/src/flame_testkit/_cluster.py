@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from flame_testkit._cache_server import CacheServer
+from flame_testkit._cache_store import DEFAULT_MAX_MEMORY
 from flame_testkit._executor import (
     DEFAULT_CAPACITY,
     DEFAULT_KILL_GRACE,
@@ -57,6 +59,11 @@ class LocalClusterConfig:
     kill_grace: float = DEFAULT_KILL_GRACE
     socket_timeout: float = DEFAULT_SOCKET_TIMEOUT
     python: str = field(default_factory=lambda: sys.executable)
+    cache: bool = True
+    """Start an object cache (Arrow Flight) with the cluster."""
+    cache_storage: str | None = None
+    """Cache persistence: None (memory only), a directory, or fs:// / file:// URL."""
+    cache_max_memory: int | None = None
     tls_cert: Path | None = None
     """PEM certificate chain: serve the Frontend over TLS (``https://``) with ``tls_key``."""
     tls_key: Path | None = None
@@ -99,6 +106,7 @@ class LocalCluster:
         self.executor_manager: ExecutorManager | None = None
         self.server: FrontendServer | None = None
         self.cache_endpoint: str | None = None
+        self.cache: CacheServer | None = None
 
     @property
     def endpoint(self) -> str:
@@ -114,6 +122,15 @@ class LocalCluster:
         if self.config.default_apps:
             for name, spec in default_applications(self.config).items():
                 self.state.register_application(name, spec)
+        if self.config.cache:
+            self.cache = CacheServer(
+                host=self.config.host,
+                port=0,
+                storage=self.config.cache_storage,
+                max_memory=self.config.cache_max_memory or DEFAULT_MAX_MEMORY,
+            )
+            await asyncio.to_thread(self.cache.start)
+            self.cache_endpoint = self.cache.endpoint
         executors: list[ExecutorManager] = []
         servicer = FrontendServicer(
             self.state,
@@ -149,6 +166,9 @@ class LocalCluster:
             await self.executor_manager.stop()
         if self.server is not None:
             await self.server.stop()
+        if self.cache is not None:
+            await asyncio.to_thread(self.cache.stop)
+            self.cache = None
         shutil.rmtree(self.socket_dir, ignore_errors=True)
         if self._own_work_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)

@@ -73,6 +73,16 @@ from flamepy._types import (
     TaskOutput,
     TaskState,
 )
+from flamepy.core.cache import (
+    ObjectRef,
+    delete_objects,
+    download_object,
+    get_object,
+    patch_object,
+    put_object,
+    update_object,
+    upload_object,
+)
 
 __version__ = "0.1.0"
 
@@ -111,6 +121,7 @@ __all__ = [
     "Node",
     "NodeState",
     "NotFoundError",
+    "ObjectRef",
     "ResourceRequirement",
     "Session",
     "SessionAttributes",
@@ -131,13 +142,20 @@ __all__ = [
     "close_session",
     "connect",
     "create_session",
+    "delete_objects",
+    "download_object",
     "get_application",
+    "get_object",
     "get_session",
     "list_applications",
     "list_executors",
     "list_nodes",
     "list_sessions",
     "open_session",
+    "patch_object",
+    "put_object",
     "register_application",
     "unregister_application",
+    "update_object",
+    "upload_object",
 ]

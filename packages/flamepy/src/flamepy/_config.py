@@ -414,6 +414,7 @@ class FlameContext:
             tls=settings.cache_tls,
             storage=settings.cache_storage,
         )
+        self._configured_cache_endpoint = settings.cache_endpoint
         self._package = settings.package
         self._runner = FlameContextRunner(template=settings.template or DEFAULT_RUNNER_TEMPLATE)
 
@@ -452,6 +453,11 @@ class FlameContext:
     @property
     def cache_endpoint(self) -> str:
         return self._cache.endpoint
+
+    @property
+    def configured_cache_endpoint(self) -> str | None:
+        """The cache endpoint set by the file or FLAME_CACHE_ENDPOINT; None otherwise."""
+        return self._configured_cache_endpoint
 
     @property
     def cache_tls(self) -> FlameClientTls | None:

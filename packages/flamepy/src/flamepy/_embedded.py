@@ -25,6 +25,18 @@ NO_ENDPOINT = (
 )
 
 
+def resolve_cache_endpoint(ctx: FlameContext) -> str:
+    """The configured cache endpoint, or that of the embedded local cluster.
+
+    The embedded cluster is used only when neither the Frontend nor the cache
+    endpoint is configured; otherwise the spec's default applies.
+    """
+    if ctx.configured_cache_endpoint or ctx.configured_endpoint:
+        return ctx.cache_endpoint
+    resolve_endpoint(ctx)
+    return os.environ.get(FLAME_CACHE_ENDPOINT) or ctx.cache_endpoint
+
+
 def resolve_endpoint(ctx: FlameContext) -> str:
     """The configured endpoint, or that of an embedded local cluster."""
     if ctx.configured_endpoint:

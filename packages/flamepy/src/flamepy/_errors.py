@@ -14,6 +14,8 @@ The hierarchy::
         ├── FlameTimeoutError       a wait ran out of time (also a builtin ``TimeoutError``)
         ├── TaskError               a task ended without success
         │   ├── TaskFailedError     the task ended Failed; ``message`` is the server's text
+        │   │   └── RemoteError     a Runner call raised an exception that cannot be
+        │   │                       re-raised here as its own type (``type_name`` names it)
         │   └── TaskCancelledError  the task ended Cancelled (its session was closed)
         └── InternalError           the server reported an internal or unknown failure
 
@@ -154,6 +156,30 @@ class TaskFailedError(TaskError):
     default_code = FlameErrorCode.INTERNAL
 
 
+class RemoteError(TaskFailedError):
+    """A remote Runner call raised an exception that cannot be re-raised as itself.
+
+    ``type_name`` is the remote exception's qualified type name and
+    ``remote_traceback`` its formatted traceback.
+    """
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.remote_traceback = remote_traceback
+
+
+class RemoteTraceback(Exception):
+    """Attached as ``__cause__`` of a re-raised remote exception: its remote traceback."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f"\n\n--- remote traceback ---\n{self.text}"
+
+
 class TaskCancelledError(TaskError):
     """The task ended Cancelled, because its session was closed before it ran."""
 
@@ -216,6 +242,8 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidStateError",
     "NotFoundError",
+    "RemoteError",
+    "RemoteTraceback",
     "TaskCancelledError",
     "TaskError",
     "TaskFailedError",

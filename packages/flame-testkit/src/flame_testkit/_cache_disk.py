@@ -1,0 +1,288 @@
+"""The disk engine of the local object cache (flame-cache.md §8).
+
+Layout under the storage root, one Arrow IPC *file* per base and per patch::
+
+    <root>/<app>/<session>/<id>.arrow            the base
+    <root>/<app>/<session>/<id>.deltas/<n>.arrow patch n = 0, 1, 2, ...
+
+An opaque base or patch is one row of the upload schema ``version: uint64,
+data: binary`` holding the server's version; a native base is the table itself
+with its ``flame.cache.version`` metadata.  Every file is written to a hidden
+temporary name in the same directory, flushed to disk and then renamed over the
+final name with :func:`os.replace`, so a killed server never leaves a partial
+object visible; leftover temporary files are logged and ignored at load.
+
+Replacing an object renames the new base into place first and then removes the
+old patches.  Should the server die in between, the stale patches (versions not
+above the base's) are skipped and removed at the next load.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+
+from flame_testkit._cache_store import (
+    UPLOAD_SCHEMA,
+    WILDCARD,
+    CacheError,
+    CacheObject,
+    InvalidArgument,
+    NativeTable,
+    ObjectKey,
+    Patch,
+    binary_cell,
+    is_native,
+)
+
+log = logging.getLogger("flame_testkit.cache")
+
+DEFAULT_FLAME_HOME = "/var/lib/flame"
+BASE_SUFFIX = ".arrow"
+DELTAS_SUFFIX = ".deltas"
+TEMP_SUFFIX = ".tmp"
+
+
+def parse_storage_url(
+    url: str | os.PathLike[str] | None, flame_home: str | None = None
+) -> Path | None:
+    """The storage root for a ``cache.storage`` value, or None for memory only.
+
+    ``none`` or empty: memory only.  ``fs://<abs>``, ``file://<abs>`` or a plain
+    absolute path: that directory.  ``fs://<relative>``: relative to
+    ``flame_home`` (default ``$FLAME_HOME``, else ``/var/lib/flame``).
+    """
+    if url is None:
+        return None
+    text = os.fspath(url).strip()
+    if not text or text.lower() == "none":
+        return None
+    for scheme in ("fs://", "file://"):
+        if text.startswith(scheme):
+            rest = text[len(scheme) :]
+            if not rest:
+                raise ValueError(f"storage URL {text!r} has no path")
+            if os.path.isabs(rest):
+                return Path(rest)
+            if scheme == "fs://":
+                home = flame_home or os.environ.get("FLAME_HOME") or DEFAULT_FLAME_HOME
+                return Path(home) / rest
+            raise ValueError(f"storage URL {text!r}: file:// needs an absolute path")
+    if "://" in text:
+        raise ValueError(f"unsupported storage URL {text!r}: use none, fs://, file:// or a path")
+    if not os.path.isabs(text):
+        raise ValueError(f"storage path {text!r} must be absolute")
+    return Path(text)
+
+
+class DiskStorage:
+    """Arrow IPC files under ``root``; implements the store's ``DiskBackend``."""
+
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        self.root = Path(root)
+        self.fsync = fsync
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def base_path(self, key: ObjectKey) -> Path:
+        return self.root / key.app / key.session / f"{key.object_id}{BASE_SUFFIX}"
+
+    def deltas_dir(self, key: ObjectKey) -> Path:
+        return self.root / key.app / key.session / f"{key.object_id}{DELTAS_SUFFIX}"
+
+    def load_all(self) -> list[CacheObject]:
+        """Every object under the root; unreadable files are logged and skipped."""
+        objects: list[CacheObject] = []
+        for app in _subdirs(self.root):
+            for session in _subdirs(app):
+                for path in sorted(session.iterdir()):
+                    name = path.name
+                    if name.endswith(TEMP_SUFFIX):
+                        log.warning("ignoring leftover temporary file %s", path)
+                        continue
+                    if not name.endswith(BASE_SUFFIX) or not path.is_file():
+                        continue
+                    key = ObjectKey(app.name, session.name, name[: -len(BASE_SUFFIX)])
+                    obj = self._load_logged(key)
+                    if obj is not None:
+                        objects.append(obj)
+        log.info("loaded %d object(s) from %s", len(objects), self.root)
+        return objects
+
+    def load(self, key: ObjectKey) -> CacheObject | None:
+        """One object, or None when its base file does not exist."""
+        if not _storable(key) or not self.base_path(key).is_file():
+            return None
+        return self._load_logged(key)
+
+    def write_base(self, obj: CacheObject) -> None:
+        """Write (or atomically replace) the base and drop any old patches."""
+        key = obj.key
+        _check_storable(key)
+        try:
+            if isinstance(obj.base, NativeTable):
+                _write_table(self.base_path(key), obj.base.schema, obj.base.batches, self.fsync)
+            else:
+                batch = _opaque_batch(obj.base_version, obj.base)
+                _write_table(self.base_path(key), UPLOAD_SCHEMA, (batch,), self.fsync)
+            shutil.rmtree(self.deltas_dir(key), ignore_errors=True)
+        except (OSError, pa.ArrowException) as exc:
+            raise CacheError(f"cannot write object {key}: {exc}") from exc
+
+    def write_patch(self, key: ObjectKey, index: int, patch: Patch) -> None:
+        _check_storable(key)
+        path = self.deltas_dir(key) / f"{index}{BASE_SUFFIX}"
+        try:
+            batch = _opaque_batch(patch.version, patch.data)
+            _write_table(path, UPLOAD_SCHEMA, (batch,), self.fsync)
+        except (OSError, pa.ArrowException) as exc:
+            raise CacheError(f"cannot write delta {index} of {key}: {exc}") from exc
+
+    def delete(self, key: ObjectKey) -> None:
+        """Remove an object, a session directory or (``<app>/*``) an app directory."""
+        if not _storable(key):
+            return
+        try:
+            if key.object_id is not None:
+                self.base_path(key).unlink(missing_ok=True)
+                shutil.rmtree(self.deltas_dir(key), ignore_errors=True)
+            elif key.session == WILDCARD:
+                shutil.rmtree(self.root / key.app, ignore_errors=True)
+            else:
+                shutil.rmtree(self.root / key.app / key.session, ignore_errors=True)
+        except OSError as exc:
+            raise CacheError(f"cannot delete {key}: {exc}") from exc
+
+    def _load_logged(self, key: ObjectKey) -> CacheObject | None:
+        try:
+            return self._load(key)
+        except (OSError, pa.ArrowException, CacheError) as exc:
+            log.error("skipping unreadable object %s: %s", key, exc)
+            return None
+
+    def _load(self, key: ObjectKey) -> CacheObject:
+        schema, batches = _read_file(self.base_path(key))
+        if is_native(schema):
+            table = NativeTable(schema, tuple(batches))
+            base: bytes | NativeTable = table
+            base_version = table.version
+        else:
+            base_version, base = read_opaque(schema, batches)
+        obj = CacheObject(key, base_version, base)
+        deltas = self.deltas_dir(key)
+        if deltas.is_dir():
+            self._load_patches(obj, deltas)
+        return obj
+
+    def _load_patches(self, obj: CacheObject, deltas: Path) -> None:
+        numbered: list[tuple[int, Path]] = []
+        for path in deltas.iterdir():
+            stem = path.name[: -len(BASE_SUFFIX)] if path.name.endswith(BASE_SUFFIX) else ""
+            if stem.isdigit():
+                numbered.append((int(stem), path))
+            elif path.name.endswith(TEMP_SUFFIX):
+                log.warning("ignoring leftover temporary file %s", path)
+        for _, path in sorted(numbered):
+            version, data = read_opaque(*_read_file(path))
+            latest = obj.version
+            if version == 0:
+                version = latest + 1
+            elif version <= latest:
+                log.warning("removing stale delta %s (version %d <= %d)", path, version, latest)
+                path.unlink(missing_ok=True)
+                continue
+            obj.patches.append(Patch(version, data))
+
+
+def read_opaque(schema: pa.Schema, batches: list[pa.RecordBatch]) -> tuple[int, bytes]:
+    """(version of row 0, all ``data`` cells concatenated) of an opaque upload or file.
+
+    Columns are taken by position: 0 must be UInt64 and 1 Binary (§3).
+    """
+    check_opaque_schema(schema)
+    version: int | None = None
+    chunks: list[pa.Buffer] = []
+    for batch in batches:
+        if version is None and batch.num_rows:
+            version = batch.column(0)[0].as_py() or 0
+        chunks.extend(binary_chunks(batch.column(1)))
+    return version or 0, b"".join(memoryview(c) for c in chunks)
+
+
+def check_opaque_schema(schema: pa.Schema) -> None:
+    if len(schema) < 2 or schema.types[0] != pa.uint64() or schema.types[1] != pa.binary():
+        raise CacheError(
+            f"expected the opaque schema (version: uint64, data: binary), got {schema.types}"
+        )
+
+
+def binary_chunks(array: pa.Array) -> list[pa.Buffer]:
+    """The bytes of every cell of a Binary array (nulls as empty), without copying."""
+    if len(array) == 0:
+        return []
+    if array.null_count:
+        return [pa.py_buffer(b"" if v is None else v) for v in array.to_pylist()]
+    _, offsets, data = array.buffers()
+    start = array.offset * 4
+    first = int.from_bytes(offsets[start : start + 4].to_pybytes(), "little", signed=True)
+    end = (array.offset + len(array)) * 4
+    last = int.from_bytes(offsets[end : end + 4].to_pybytes(), "little", signed=True)
+    return [data[first:last]] if last > first else []
+
+
+def _opaque_batch(version: int, data: bytes) -> pa.RecordBatch:
+    return pa.record_batch([pa.array([version], pa.uint64()), binary_cell(data)], UPLOAD_SCHEMA)
+
+
+def _read_file(path: Path) -> tuple[pa.Schema, list[pa.RecordBatch]]:
+    with pa.OSFile(str(path), "rb") as source:
+        reader = pa.ipc.open_file(source)
+        return reader.schema, [reader.get_batch(i) for i in range(reader.num_record_batches)]
+
+
+def _write_table(
+    path: Path, schema: pa.Schema, batches: tuple[pa.RecordBatch, ...], fsync: bool
+) -> None:
+    """Write an IPC file next to ``path`` under a temporary name, then rename it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
+    try:
+        try:
+            _write_ipc_file(tmp, schema, batches)
+        except pa.ArrowInvalid:
+            # IPC files allow one dictionary per field; unify differing ones.
+            table = pa.Table.from_batches(batches, schema).unify_dictionaries()
+            _write_ipc_file(tmp, schema, tuple(table.to_batches()))
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_ipc_file(path: Path, schema: pa.Schema, batches: tuple[pa.RecordBatch, ...]) -> None:
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+
+
+def _subdirs(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_dir())
+
+
+def _storable(key: ObjectKey) -> bool:
+    """``.`` components would alias other paths (``a/./x`` is ``a/x``): not on disk."""
+    return "." not in (key.app, key.session, key.object_id)
+
+
+def _check_storable(key: ObjectKey) -> None:
+    if not _storable(key):
+        raise InvalidArgument(f"key {key} has a '.' component and cannot be stored on disk")

@@ -1,0 +1,359 @@
+"""The Arrow Flight object cache of the testkit (flame-cache.md §1-§4, §11).
+
+:class:`CacheFlightServer` speaks the protocol over an
+:class:`~flame_testkit._cache_store.ObjectStore`; :class:`CacheServer` binds,
+advertises and stops it.  Store errors become the gRPC status the spec asks for.
+What a raw ``pyarrow.flight.FlightClient`` then sees, as found by experiment
+with pyarrow 26:
+
+=============================================  ================  =========================
+Raised in the handler                          gRPC status       Client-side exception
+=============================================  ================  =========================
+``pa.ArrowInvalid`` (or ``ValueError``)        INVALID_ARGUMENT  ``pa.ArrowInvalid``
+``pa.ArrowKeyError`` (or ``KeyError``)         NOT_FOUND         ``pa.ArrowKeyError``
+``flight.FlightInternalError``                 INTERNAL          ``FlightInternalError``
+``NotImplementedError``                        UNIMPLEMENTED     ``ArrowNotImplementedError``
+``flight.FlightServerError``, other errors     UNKNOWN           ``FlightServerError``
+=============================================  ================  =========================
+
+Size limit: an opaque base or patch travels as one Binary cell (32-bit offsets),
+so it must be smaller than 2 GiB; larger uploads are refused at PUT time with
+INVALID_ARGUMENT.  Multi-GB payloads go as native tables (many batches).  gRPC's
+own per-message limit (also about 2 GiB, headers included) applies on top.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any, ParamSpec, TypeVar
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from flame_testkit._cache_disk import (
+    DiskStorage,
+    binary_chunks,
+    check_opaque_schema,
+    parse_storage_url,
+)
+from flame_testkit._cache_store import (
+    DEFAULT_MAX_MEMORY,
+    CacheError,
+    EvictionPolicy,
+    GetResult,
+    InvalidArgument,
+    NativeTable,
+    ObjectStore,
+    binary_cell,
+    is_native,
+    parse_key,
+)
+from flamepy._bson import encode
+
+log = logging.getLogger("flame_testkit.cache")
+
+DEFAULT_HOST = "127.0.0.1"
+MAX_OPAQUE_BYTES = 2**31 - 1
+PATCH_PREFIX = b"PATCH:"
+RESPONSE_SCHEMA = pa.schema(
+    [
+        pa.field("version", pa.uint64(), nullable=False),
+        pa.field("kind", pa.utf8(), nullable=False),
+        pa.field("data", pa.binary(), nullable=False),
+    ]
+)
+"""The DoGet reply schema of opaque objects and of "not modified" (§3)."""
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def to_flight_error(exc: CacheError) -> Exception:
+    """The exception a Flight handler raises so the client gets ``exc.status``."""
+    kinds: dict[str, type[Exception]] = {
+        "INVALID_ARGUMENT": pa.ArrowInvalid,
+        "NOT_FOUND": pa.ArrowKeyError,
+    }
+    error: Exception = kinds.get(exc.status, flight.FlightInternalError)(str(exc))
+    return error
+
+
+def _mapped(handler: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Map store errors to their status and anything unexpected to INTERNAL."""
+
+    @functools.wraps(handler)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return handler(*args, **kwargs)
+        except CacheError as exc:
+            log.debug("%s: %s %s", handler.__name__, exc.status, exc)
+            raise to_flight_error(exc) from None
+        except (flight.FlightError, NotImplementedError):
+            raise
+        except Exception as exc:
+            log.exception("%s failed", handler.__name__)
+            raise flight.FlightInternalError(f"{type(exc).__name__}: {exc}") from None
+
+    return wrapper
+
+
+def _text(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"{what} is not UTF-8") from None
+
+
+def parse_ticket(raw: bytes) -> tuple[str, int]:
+    """``<key>:<client_version>`` split on the first ``:``; no ``:`` means version 0."""
+    key, sep, version = _text(raw, "ticket").partition(":")
+    if not sep:
+        return key, 0
+    if not (version.isascii() and version.isdigit()) or int(version) >= 2**64:
+        raise InvalidArgument(f"invalid version {version!r} in ticket")
+    return key, int(version)
+
+
+class CacheFlightServer(flight.FlightServerBase):  # type: ignore[misc]
+    """The Flight service (the "servicer") over an :class:`ObjectStore`.
+
+    It serves as soon as it is constructed; ``endpoint`` is the advertised
+    ``grpc://host:port`` (``grpc+tls://`` with TLS) put in PutResults and FlightInfos.
+    """
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        host: str = DEFAULT_HOST,
+        port: int = 0,
+        tls: tuple[bytes, bytes] | None = None,
+    ) -> None:
+        self.store = store
+        self.max_opaque_bytes = MAX_OPAQUE_BYTES
+        self.ipc_options = pa.ipc.IpcWriteOptions(compression="zstd")
+        scheme = "grpc+tls" if tls is not None else "grpc"
+        address = f"[{host}]" if ":" in host else host
+        certificates = [flight.CertKeyPair(tls[0], tls[1])] if tls is not None else None
+        super().__init__(f"{scheme}://{address}:{port}", tls_certificates=certificates)
+        self.endpoint = f"{scheme}://{address}:{self.port}"
+
+    @_mapped
+    def do_put(
+        self,
+        context: flight.ServerCallContext,
+        descriptor: flight.FlightDescriptor,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.FlightMetadataWriter,
+    ) -> None:
+        # pyarrow shows the path of PATH descriptors only and the command of CMD
+        # ones only, so "a path present on a PATCH command wins" (§4.2) cannot be
+        # observed here: a CMD descriptor always patches the key in its command.
+        path = descriptor.path or []
+        command = (
+            descriptor.command if descriptor.descriptor_type == flight.DescriptorType.CMD else None
+        )
+        is_patch = command is not None and command.startswith(PATCH_PREFIX)
+        if path:
+            target = _text(path[0], "descriptor path")
+        elif command is not None and is_patch:
+            target = _text(command[len(PATCH_PREFIX) :], "PATCH command")
+        else:
+            raise InvalidArgument("DoPut needs a PATH descriptor or a PATCH:<key> command")
+        parse_key(target, full=is_patch)  # refuse a bad key before reading the upload
+        schema = reader.schema
+        if is_native(schema):
+            if is_patch:
+                raise InvalidArgument("native tabular deltas are not supported")
+            key, version = self.store.put(target, self._read_native(reader))
+        elif is_patch:
+            key, version = self.store.patch(target, self._read_opaque(reader))
+        else:
+            key, version = self.store.put(target, self._read_opaque(reader))
+        document: dict[str, str | int] = {"endpoint": self.endpoint, "key": key, "version": version}
+        writer.write(pa.py_buffer(encode(document, int64_fields=frozenset({"version"}))))
+
+    def _read_opaque(self, reader: flight.MetadataRecordBatchReader) -> bytes:
+        """All ``data`` cells of the upload, concatenated, read batch by batch."""
+        check_opaque_schema(reader.schema)
+        chunks: list[pa.Buffer] = []
+        size = rows = batches = 0
+        for batch in _batches(reader):
+            batches += 1
+            rows += batch.num_rows
+            for chunk in binary_chunks(batch.column(1)):
+                size += chunk.size
+                if size > self.max_opaque_bytes:
+                    raise InvalidArgument(
+                        f"opaque object larger than {self.max_opaque_bytes} bytes: one Binary "
+                        "cell cannot hold it; upload it as a native table instead"
+                    )
+                chunks.append(chunk)
+        if rows == 0:
+            raise InvalidArgument(f"no data: the upload had {batches} batch(es) and no row")
+        return b"".join(memoryview(c) for c in chunks)
+
+    @staticmethod
+    def _read_native(reader: flight.MetadataRecordBatchReader) -> NativeTable:
+        """The upload as it came; zero batches or zero rows make an empty table."""
+        return NativeTable(reader.schema, tuple(_batches(reader)))
+
+    @_mapped
+    def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> Any:
+        key, client_version = parse_ticket(ticket.ticket)
+        result = self.store.get(key, client_version)
+        log.debug("get %s at client version %d: %s", key, client_version, result.kind)
+        if isinstance(result.base, NativeTable):
+            table = result.base
+            source = pa.RecordBatchReader.from_batches(table.schema, table.batches)
+            return flight.RecordBatchStream(source, options=self.ipc_options)
+        return flight.GeneratorStream(RESPONSE_SCHEMA, _rows(result), options=self.ipc_options)
+
+    @_mapped
+    def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Any:
+        if action.type != "DELETE":
+            raise InvalidArgument(f"unknown action {action.type!r}; only DELETE is supported")
+        body = action.body.to_pybytes() if action.body is not None else b""
+        self.store.delete(_text(body, "DELETE body"))
+        return [flight.Result(b"OK")]
+
+    def list_actions(self, context: flight.ServerCallContext) -> list[flight.ActionType]:
+        return [
+            flight.ActionType("DELETE", "Delete <app>/<session>/<id>, <app>/<session> or <app>/*")
+        ]
+
+    @_mapped
+    def get_flight_info(
+        self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
+    ) -> flight.FlightInfo:
+        path = descriptor.path or []
+        if not path:
+            raise InvalidArgument("GetFlightInfo needs a PATH descriptor")
+        key = "/".join(_text(p, "descriptor path") for p in path)
+        return self._info(key, self.store.native_schema(key), -1)
+
+    @_mapped
+    def list_flights(self, context: flight.ServerCallContext, criteria: bytes) -> Any:
+        return [self._info(item.key, None, item.size) for item in self.store.listing()]
+
+    def get_schema(
+        self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
+    ) -> flight.SchemaResult:
+        return flight.SchemaResult(RESPONSE_SCHEMA)
+
+    def do_exchange(
+        self,
+        context: flight.ServerCallContext,
+        descriptor: flight.FlightDescriptor,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.MetadataRecordBatchWriter,
+    ) -> None:
+        raise NotImplementedError("DoExchange is not implemented by the object cache")
+
+    def _info(self, key: str, schema: pa.Schema | None, total_bytes: int) -> flight.FlightInfo:
+        endpoint = flight.FlightEndpoint(key.encode(), [flight.Location(self.endpoint)])
+        descriptor = flight.FlightDescriptor.for_path(key)
+        return flight.FlightInfo(schema, descriptor, [endpoint], -1, total_bytes)
+
+
+def _batches(reader: flight.MetadataRecordBatchReader) -> Iterator[pa.RecordBatch]:
+    while True:
+        try:
+            chunk = reader.read_chunk()
+        except StopIteration:
+            return
+        if chunk.data is not None:
+            yield chunk.data
+
+
+def _rows(result: GetResult) -> Iterator[pa.RecordBatch]:
+    """One record batch per row: the base (full replies) then the patches."""
+    if result.kind == "full" and isinstance(result.base, bytes):
+        yield _row(result.base_version, "base", result.base)
+    for patch in result.patches:
+        yield _row(patch.version, "patch", patch.data)
+
+
+def _row(version: int, kind: str, data: bytes) -> pa.RecordBatch:
+    columns = [pa.array([version], pa.uint64()), pa.array([kind], pa.utf8()), binary_cell(data)]
+    return pa.record_batch(columns, schema=RESPONSE_SCHEMA)
+
+
+class CacheServer:
+    """A local object cache on ``host:port`` (port 0 picks a free one).
+
+    ``storage`` is ``None``/``"none"`` (memory only), a directory or an
+    ``fs://``/``file://`` URL (§8); ``tls`` is ``(certificate chain PEM, private
+    key PEM)``.  The advertised endpoint uses the bind host.
+    """
+
+    def __init__(
+        self,
+        host: str = DEFAULT_HOST,
+        port: int = 0,
+        storage: str | os.PathLike[str] | None = None,
+        max_memory: int = DEFAULT_MAX_MEMORY,
+        max_objects: int | None = None,
+        tls: tuple[bytes, bytes] | None = None,
+        eviction: EvictionPolicy = "lru",
+    ) -> None:
+        self.host = host
+        self._requested_port = port
+        self.storage = parse_storage_url(storage)
+        self.max_memory = max_memory
+        self.max_objects = max_objects
+        self.eviction: EvictionPolicy = eviction
+        self._tls = tls
+        self._server: CacheFlightServer | None = None
+        self._store: ObjectStore | None = None
+
+    def start(self) -> None:
+        """Load the storage (if any), bind and start serving."""
+        if self._server is not None:
+            raise RuntimeError("the cache server is already running")
+        disk = DiskStorage(self.storage) if self.storage is not None else None
+        store = ObjectStore(
+            max_memory=self.max_memory,
+            max_objects=self.max_objects,
+            eviction=self.eviction,
+            disk=disk,
+        )
+        self._server = CacheFlightServer(store, self.host, self._requested_port, self._tls)
+        self._store = store
+        log.info("object cache listening on %s (storage: %s)", self.endpoint, self.storage)
+
+    @property
+    def endpoint(self) -> str:
+        """The advertised endpoint, e.g. ``grpc://127.0.0.1:40123``."""
+        if self._server is None:
+            raise RuntimeError("the cache server is not running")
+        return str(self._server.endpoint)
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the cache server is not running")
+        return int(self._server.port)
+
+    @property
+    def store(self) -> ObjectStore:
+        if self._store is None:
+            raise RuntimeError("the cache server has not been started")
+        return self._store
+
+    def stop(self) -> None:
+        """Shut down and wait for the server; does nothing when not running."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.wait()
+            log.info("object cache on %s stopped", server.endpoint)
+
+    def __enter__(self) -> CacheServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

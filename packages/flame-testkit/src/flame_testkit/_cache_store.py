@@ -1,0 +1,363 @@
+"""The object store of the local object cache (flame-cache.md §2, §4, §7, §8).
+
+Pure state: keys, objects, versions, the GET decision and an LRU over memory.
+No Flight and no gRPC here; ``_cache_server.py`` speaks the protocol over this
+store and ``_cache_disk.py`` persists it.  Errors are :class:`CacheError`
+subclasses whose ``status`` names the gRPC code the server answers with.
+
+All public methods take one lock, so the Flight server may call them from many
+threads.  Disk writes happen under that lock too: versions are assigned and
+persisted in one step, so the files never disagree with memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import pyarrow as pa
+
+log = logging.getLogger("flame_testkit.cache")
+
+DEFAULT_MAX_MEMORY = 1 << 30
+MAX_DELTAS = 1000
+FORMAT_KEY = b"flame.cache.format"
+VERSION_KEY = b"flame.cache.version"
+ARROW_TABLE_FORMAT = b"arrow-table-v1"
+WILDCARD = "*"
+UPLOAD_SCHEMA = pa.schema([("version", pa.uint64()), ("data", pa.binary())])
+"""The opaque upload schema (§3); also the schema of opaque files on disk (§8)."""
+
+EvictionPolicy = Literal["lru", "none"]
+
+
+class CacheError(Exception):
+    """A request broke a rule; ``status`` is the gRPC status name to answer with."""
+
+    status = "INTERNAL"
+
+
+class InvalidArgument(CacheError):
+    status = "INVALID_ARGUMENT"
+
+
+class NotFound(CacheError):
+    status = "NOT_FOUND"
+
+
+@dataclass(frozen=True)
+class ObjectKey:
+    """``<app>/<session>[/<object_id>]``; ``session`` is ``*`` only for a DELETE wildcard."""
+
+    app: str
+    session: str
+    object_id: str | None = None
+
+    def __str__(self) -> str:
+        prefix = f"{self.app}/{self.session}"
+        return prefix if self.object_id is None else f"{prefix}/{self.object_id}"
+
+
+def parse_key(text: str, *, full: bool = False, wildcard: bool = False) -> ObjectKey:
+    """Validate a key per §2: 2 or 3 non-empty components without ``..`` or ``\\``.
+
+    ``full`` requires an object id (GET, PATCH); ``wildcard`` allows ``<app>/*``
+    (DELETE).  ``*`` is refused everywhere else.
+    """
+    parts = text.split("/")
+    if len(parts) not in (2, 3):
+        raise InvalidArgument(f"invalid key {text!r}: expected <app>/<session>[/<object_id>]")
+    for part in parts:
+        if not part or ".." in part or "\\" in part:
+            raise InvalidArgument(
+                f"invalid key {text!r}: components must be non-empty, without '..' or '\\'"
+            )
+    allowed = wildcard and len(parts) == 2
+    if parts[0] == WILDCARD or parts[2:] == [WILDCARD] or (parts[1] == WILDCARD and not allowed):
+        raise InvalidArgument(f"invalid key {text!r}: '*' is only allowed as <app>/* in DELETE")
+    if full and len(parts) != 3:
+        raise InvalidArgument(f"invalid key {text!r}: a full key <app>/<session>/<id> is required")
+    return ObjectKey(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+
+
+def binary_cell(data: bytes) -> pa.Array:
+    """A one-element Binary array over ``data`` without copying it.
+
+    Binary uses 32-bit offsets, so ``data`` must be shorter than 2 GiB.
+    """
+    offsets = pa.array([0, len(data)], pa.int32()).buffers()[1]
+    return pa.Array.from_buffers(pa.binary(), 1, [None, offsets, pa.py_buffer(data)])
+
+
+@dataclass(frozen=True)
+class NativeTable:
+    """An ``arrow-table-v1`` base: the uploaded schema and batches, kept as they came."""
+
+    schema: pa.Schema
+    batches: tuple[pa.RecordBatch, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(b.nbytes) for b in self.batches)
+
+    @property
+    def version(self) -> int:
+        """The ``flame.cache.version`` metadata (0 when absent or not a number)."""
+        raw = (self.schema.metadata or {}).get(VERSION_KEY, b"0")
+        return int(raw) if raw.isdigit() else 0
+
+    def with_version(self, version: int) -> NativeTable:
+        metadata = dict(self.schema.metadata or {})
+        metadata[VERSION_KEY] = str(version).encode()
+        return NativeTable(self.schema.with_metadata(metadata), self.batches)
+
+
+def is_native(schema: pa.Schema) -> bool:
+    return bool((schema.metadata or {}).get(FORMAT_KEY) == ARROW_TABLE_FORMAT)
+
+
+Base = bytes | NativeTable
+
+
+@dataclass(frozen=True)
+class Patch:
+    version: int
+    data: bytes
+
+
+@dataclass
+class CacheObject:
+    """One cached object: a versioned base plus its patches in ascending version order."""
+
+    key: ObjectKey
+    base_version: int
+    base: Base
+    patches: list[Patch] = field(default_factory=list)
+
+    @property
+    def version(self) -> int:
+        """The highest of the base and patch versions (§4.3 ``server_version``)."""
+        return max([self.base_version, *(p.version for p in self.patches)])
+
+    @property
+    def size(self) -> int:
+        base = self.base.nbytes if isinstance(self.base, NativeTable) else len(self.base)
+        return base + sum(len(p.data) for p in self.patches)
+
+
+@dataclass(frozen=True)
+class GetResult:
+    """What DoGet sends: ``not_modified``, ``patches`` only, ``full`` or a ``native`` table."""
+
+    kind: Literal["not_modified", "patches", "full", "native"]
+    base_version: int = 0
+    base: Base | None = None
+    patches: tuple[Patch, ...] = ()
+
+
+@dataclass(frozen=True)
+class Listing:
+    key: str
+    size: int
+
+
+class DiskBackend(Protocol):
+    """What the store needs from a disk engine (``_cache_disk.DiskStorage``)."""
+
+    def load_all(self) -> list[CacheObject]: ...
+
+    def load(self, key: ObjectKey) -> CacheObject | None: ...
+
+    def write_base(self, obj: CacheObject) -> None: ...
+
+    def write_patch(self, key: ObjectKey, index: int, patch: Patch) -> None: ...
+
+    def delete(self, key: ObjectKey) -> None: ...
+
+
+class ObjectStore:
+    """Objects by full key, with versions (§7), the GET rules (§4.3) and an LRU (§8).
+
+    ``max_memory`` bounds the bytes held (bases plus patches) and ``max_objects``
+    the count; with ``eviction="lru"`` the least recently used objects leave memory
+    when a limit is exceeded.  The most recently used object always stays, even if
+    it alone is larger than ``max_memory``.  With a ``disk`` backend every object
+    is loaded at construction and an evicted one is reloaded on its next use;
+    without one it is gone (later reads are NOT_FOUND).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_memory: int = DEFAULT_MAX_MEMORY,
+        max_objects: int | None = None,
+        eviction: EvictionPolicy = "lru",
+        disk: DiskBackend | None = None,
+    ) -> None:
+        if max_memory <= 0:
+            raise ValueError(f"max_memory must be positive, got {max_memory}")
+        if max_objects is not None and max_objects <= 0:
+            raise ValueError(f"max_objects must be positive, got {max_objects}")
+        if eviction not in ("lru", "none"):
+            raise ValueError(f"eviction must be 'lru' or 'none', got {eviction!r}")
+        self.max_memory = max_memory
+        self.max_objects = max_objects
+        self.eviction = eviction
+        self.disk = disk
+        self._objects: OrderedDict[str, CacheObject] = OrderedDict()
+        self._used = 0
+        self._lock = threading.Lock()
+        if disk is not None:
+            for obj in disk.load_all():
+                self._insert(obj)
+
+    @property
+    def memory_used(self) -> int:
+        """Bytes of bases and patches currently held in memory."""
+        with self._lock:
+            return self._used
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._objects)
+
+    def put(self, target: str, base: Base) -> tuple[str, int]:
+        """Store ``base`` at a prefix (new UUID key) or an exact key; returns (key, version).
+
+        A new object gets version 1; replacing one gets its highest version + 1 and
+        drops its patches.  A native table's ``flame.cache.version`` is rewritten.
+        """
+        key = parse_key(target)
+        with self._lock:
+            if key.object_id is None:
+                key = ObjectKey(key.app, key.session, str(uuid.uuid4()))
+                version = 1
+            else:
+                current = self._lookup(key)
+                version = 1 if current is None else current.version + 1
+            if isinstance(base, NativeTable):
+                base = base.with_version(version)
+            obj = CacheObject(key, version, base)
+            if self.disk is not None:
+                self.disk.write_base(obj)
+            self._insert(obj)
+            log.debug("put %s version %d (%d bytes)", key, version, obj.size)
+            return str(key), version
+
+    def patch(self, target: str, data: bytes) -> tuple[str, int]:
+        """Append a delta to an existing object; returns (key, new version)."""
+        key = parse_key(target, full=True)
+        with self._lock:
+            obj = self._require(key)
+            if len(obj.patches) >= MAX_DELTAS:
+                raise InvalidArgument(f"object {key} already has {MAX_DELTAS} deltas")
+            patch = Patch(obj.version + 1, data)
+            if self.disk is not None:
+                self.disk.write_patch(key, len(obj.patches), patch)
+            obj.patches.append(patch)
+            self._used += len(data)
+            self._evict()
+            log.debug("patch %s version %d (%d bytes)", key, patch.version, len(data))
+            return str(key), patch.version
+
+    def get(self, target: str, client_version: int) -> GetResult:
+        """Decide what DoGet sends to a client that holds ``client_version`` (§4.3)."""
+        key = parse_key(target, full=True)
+        with self._lock:
+            obj = self._require(key)
+            server_version = obj.version
+            if client_version != 0 and client_version == server_version:
+                return GetResult("not_modified")
+            if isinstance(obj.base, NativeTable):
+                return GetResult("native", obj.base_version, obj.base)
+            if client_version != 0 and obj.base_version <= client_version < server_version:
+                newer = [p for p in obj.patches if p.version > client_version]
+                wanted = list(range(client_version + 1, server_version + 1))
+                if [p.version for p in newer] == wanted:
+                    return GetResult("patches", patches=tuple(newer))
+            if client_version > server_version:
+                log.warning(
+                    "client version %d of %s is newer than the server's %d; sending it all",
+                    client_version,
+                    key,
+                    server_version,
+                )
+            return GetResult("full", obj.base_version, obj.base, tuple(obj.patches))
+
+    def native_schema(self, target: str) -> pa.Schema | None:
+        """The stored schema when ``target`` is a known native table, else None."""
+        try:
+            key = parse_key(target, full=True)
+        except CacheError:
+            return None
+        with self._lock:
+            obj = self._lookup(key)
+            if obj is not None and isinstance(obj.base, NativeTable):
+                return obj.base.schema
+            return None
+
+    def delete(self, target: str) -> int:
+        """Delete a key, a session prefix or ``<app>/*``; returns how many were in memory."""
+        key = parse_key(target, wildcard=True)
+        with self._lock:
+            if key.object_id is not None:
+                doomed = [str(key)] if str(key) in self._objects else []
+            else:
+                prefix = f"{key.app}/" if key.session == WILDCARD else f"{key}/"
+                doomed = [k for k in self._objects if k.startswith(prefix)]
+            for name in doomed:
+                self._used -= self._objects.pop(name).size
+            if self.disk is not None:
+                self.disk.delete(key)
+            log.debug("delete %s: %d object(s) in memory", key, len(doomed))
+            return len(doomed)
+
+    def listing(self) -> list[Listing]:
+        """Every object in memory with its size (does not count as a use)."""
+        with self._lock:
+            return [Listing(k, o.size) for k, o in self._objects.items()]
+
+    def _require(self, key: ObjectKey) -> CacheObject:
+        obj = self._lookup(key)
+        if obj is None:
+            raise NotFound(f"object {key} not found")
+        return obj
+
+    def _lookup(self, key: ObjectKey) -> CacheObject | None:
+        name = str(key)
+        obj = self._objects.get(name)
+        if obj is not None:
+            self._objects.move_to_end(name)
+            return obj
+        if self.disk is None:
+            return None
+        obj = self.disk.load(key)
+        if obj is not None:
+            log.debug("reloaded %s from disk", key)
+            self._insert(obj)
+        return obj
+
+    def _insert(self, obj: CacheObject) -> None:
+        name = str(obj.key)
+        old = self._objects.pop(name, None)
+        if old is not None:
+            self._used -= old.size
+        self._objects[name] = obj
+        self._used += obj.size
+        self._evict()
+
+    def _evict(self) -> None:
+        if self.eviction == "none":
+            return
+        while len(self._objects) > 1 and (
+            self._used > self.max_memory
+            or (self.max_objects is not None and len(self._objects) > self.max_objects)
+        ):
+            name, obj = self._objects.popitem(last=False)
+            self._used -= obj.size
+            fate = "kept on disk" if self.disk is not None else "lost, no storage"
+            log.info("evicted %s (%d bytes, %s)", name, obj.size, fate)

@@ -1,0 +1,469 @@
+"""The Arrow Flight client of Flame's object cache (flame-cache.md §4, §9).
+
+One :class:`CacheClient` per endpoint (reused), large payloads streamed in
+chunks, and a client-side versioned cache that turns repeated gets into
+conditional ones (not-modified and patch-only replies).  pyarrow's Flight
+client is blocking; the async API runs these calls on a small bounded pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from flamepy import _bson
+from flamepy._cache_codec import (
+    UPLOAD_SCHEMA,
+    Native,
+    decode_native,
+    decode_opaque,
+    encode,
+    encode_opaque,
+    is_native_schema,
+    native_upload_table,
+    native_version,
+)
+from flamepy._errors import (
+    ConfigError,
+    ConnectionFailedError,
+    FlameError,
+    FlameTimeoutError,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+)
+
+log = logging.getLogger("flamepy.cache")
+
+UPLOAD_CHUNK = 8 * 1024 * 1024
+"""Opaque payloads are sent as rows of at most this many bytes, one per message."""
+FILE_CHUNK = 1024 * 1024
+"""``upload_object`` sends files in 1 MiB rows, as Flame's own SDK does."""
+MAX_OPAQUE = 2**31 - 1
+"""A stored opaque object is one Binary cell (32-bit offsets) on GET."""
+DEFAULT_CALL_TIMEOUT = 300.0
+DEFAULT_LOCAL_CACHE_BYTES = 256 * 1024 * 1024
+_ENTRY_LIMIT_FRACTION = 4  # a single object may use at most 1/4 of the local cache
+
+
+@dataclass
+class _Entry:
+    version: int
+    base: pa.Buffer | pa.Table
+    patches: list[pa.Buffer] = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        base = self.base.nbytes if isinstance(self.base, pa.Table) else self.base.size
+        return int(base + sum(p.size for p in self.patches))
+
+
+class _LocalCache:
+    """Payloads by key, least recently used first out, bounded in bytes."""
+
+    def __init__(self, max_bytes: int = DEFAULT_LOCAL_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> _Entry | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+            return entry
+
+    def put(self, key: str, entry: _Entry) -> None:
+        with self._lock:
+            self._drop(key)
+            if entry.nbytes * _ENTRY_LIMIT_FRACTION > self.max_bytes:
+                return
+            self._entries[key] = entry
+            self._size += entry.nbytes
+            while self._size > self.max_bytes and self._entries:
+                self._drop(next(iter(self._entries)))
+
+    def discard_prefix(self, prefix: str) -> None:
+        with self._lock:
+            for key in [k for k in self._entries if k == prefix or k.startswith(prefix + "/")]:
+                self._drop(key)
+
+    def _drop(self, key: str) -> None:
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._size -= old.nbytes
+
+
+def flight_location(endpoint: str) -> str:
+    """``grpcs://`` becomes ``grpc+tls://``; a bare ``host:port`` is plaintext gRPC."""
+    if "://" not in endpoint:
+        return f"grpc://{endpoint}"
+    scheme, rest = endpoint.split("://", 1)
+    scheme = scheme.lower()
+    if scheme == "grpcs":
+        return f"grpc+tls://{rest}"
+    if scheme in ("grpc", "grpc+tcp", "grpc+tls"):
+        return f"{scheme}://{rest}"
+    raise ConfigError(
+        f"unsupported object cache endpoint {endpoint!r}: use grpc://host:port or grpcs://host:port"
+    )
+
+
+def _server_message(exc: Exception) -> str:
+    text = str(exc)
+    marker = "with message: "
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    return text.split(". Detail:", 1)[0].strip()
+
+
+def map_error(exc: Exception, what: str, endpoint: str) -> FlameError:
+    """Translate a pyarrow/Flight error into a flamepy error (the cache boundary)."""
+    message = f"{what}: {_server_message(exc)}"
+    if isinstance(exc, flight.FlightUnavailableError):
+        return ConnectionFailedError(
+            f"{what}: the object cache at {endpoint} is unreachable or went away "
+            f"({_server_message(exc)}); check FLAME_CACHE_ENDPOINT or cache.endpoint"
+        )
+    if isinstance(exc, flight.FlightTimedOutError):
+        return FlameTimeoutError(message)
+    if isinstance(exc, pa.ArrowKeyError):
+        return NotFoundError(message)
+    if isinstance(exc, pa.ArrowInvalid):
+        return InvalidArgumentError(message)
+    return InternalError(message)
+
+
+def validate_key(key: str, *, parts: tuple[int, ...], what: str) -> list[str]:
+    """The SDK's own key rules (stricter than the server's), as a usage error."""
+    components = key.split("/")
+    if len(components) not in parts or any(not c for c in components):
+        shapes = " or ".join({2: "<app>/<session>", 3: "<app>/<session>/<id>"}[n] for n in parts)
+        raise InvalidArgumentError(f"invalid {what} {key!r}: expected {shapes}")
+    for c in components:
+        if ".." in c or "\\" in c or ":" in c:
+            raise InvalidArgumentError(
+                f"invalid {what} {key!r}: components may not contain '..', '\\' or ':'"
+            )
+    if components[0] == "*" or (len(components) == 3 and components[2] == "*"):
+        raise InvalidArgumentError(
+            f"invalid {what} {key!r}: '*' is only valid as <app>/* in deletes"
+        )
+    return components
+
+
+class CacheClient:
+    """A Flight connection to one object cache endpoint."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        ca_file: str | None = None,
+        timeout: float = DEFAULT_CALL_TIMEOUT,
+        local_cache: _LocalCache | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.location = flight_location(endpoint)
+        self.timeout = timeout
+        self.local = local_cache or _LocalCache()
+        root = None
+        if ca_file:
+            try:
+                root = Path(ca_file).expanduser().read_bytes()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read the cache CA file {ca_file}: {exc.strerror}; "
+                    "fix cache.tls.ca_file in flame.yaml or FLAME_CA_FILE"
+                ) from exc
+        self._client = flight.FlightClient(
+            self.location,
+            tls_root_certs=root,
+            generic_options=[
+                ("grpc.max_receive_message_length", -1),
+                ("grpc.max_send_message_length", -1),
+            ],
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _options(self, timeout: float | None = None) -> flight.FlightCallOptions:
+        return flight.FlightCallOptions(timeout=timeout or self.timeout)
+
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except FlameError:
+            raise
+        except (pa.ArrowException, OSError) as exc:
+            raise map_error(exc, what, self.endpoint) from exc
+
+    # -- writes -----------------------------------------------------------------------
+
+    def _do_put(
+        self,
+        descriptor: flight.FlightDescriptor,
+        schema: pa.Schema,
+        batches: Iterator[pa.RecordBatch],
+    ) -> dict[str, Any]:
+        writer, reader = self._client.do_put(descriptor, schema, self._options())
+        try:
+            for batch in batches:
+                writer.write_batch(batch)
+            writer.done_writing()
+            meta = reader.read()
+        finally:
+            writer.close()
+        if meta is None:
+            raise InternalError("the object cache sent no PutResult")
+        return _bson.decode(meta.to_pybytes())
+
+    @staticmethod
+    def _opaque_batches(payload: pa.Buffer, chunk: int) -> Iterator[pa.RecordBatch]:
+        if payload.size > MAX_OPAQUE:
+            raise InvalidArgumentError(
+                f"object of {payload.size} bytes exceeds the cache's 2 GiB limit for one "
+                "object; split it, or store it as a pyarrow Table"
+            )
+        version = pa.array([0], pa.uint64())
+        offset = 0
+        while True:
+            piece = payload.slice(offset, min(chunk, payload.size - offset))
+            offsets = pa.py_buffer(pa.array([0, piece.size], pa.int32()).buffers()[1])
+            data = pa.Array.from_buffers(pa.binary(), 1, [None, offsets, piece])
+            yield pa.RecordBatch.from_arrays([version, data], schema=UPLOAD_SCHEMA)
+            offset += piece.size
+            if offset >= payload.size:
+                return
+
+    def put_payload(self, key: str, payload: Native | pa.Buffer, what: str) -> tuple[str, str, int]:
+        descriptor = flight.FlightDescriptor.for_path(key)
+        if isinstance(payload, Native):
+            table = native_upload_table(payload)
+            batches = table.to_batches() or [pa.RecordBatch.from_pylist([], schema=table.schema)]
+            result = self._call(what, lambda: self._do_put(descriptor, table.schema, iter(batches)))
+        else:
+            result = self._call(
+                what,
+                lambda: self._do_put(
+                    descriptor, UPLOAD_SCHEMA, self._opaque_batches(payload, UPLOAD_CHUNK)
+                ),
+            )
+        ref = (str(result["endpoint"]), str(result["key"]), int(result["version"]))
+        base = payload.table if isinstance(payload, Native) else payload
+        self.local.put(ref[1], _Entry(version=ref[2], base=base))
+        return ref
+
+    def put(self, key: str, obj: Any) -> tuple[str, str, int]:
+        validate_key(key, parts=(2, 3), what="object key or prefix")
+        return self.put_payload(key, encode(obj), f"put_object({key})")
+
+    def patch(self, key: str, delta: Any) -> tuple[str, str, int]:
+        validate_key(key, parts=(3,), what="object key")
+        payload = encode_opaque(delta, tables_as_stream=True)
+        descriptor = flight.FlightDescriptor.for_command(f"PATCH:{key}".encode())
+        result = self._call(
+            f"patch_object({key})",
+            lambda: self._do_put(
+                descriptor, UPLOAD_SCHEMA, self._opaque_batches(payload, UPLOAD_CHUNK)
+            ),
+        )
+        return (str(result["endpoint"]), str(result["key"]), int(result["version"]))
+
+    def upload(self, key: str, path: str | Path) -> tuple[str, str, int]:
+        validate_key(key, parts=(2, 3), what="object key or prefix")
+        source = Path(path)
+        if not source.is_file():
+            raise InvalidArgumentError(f"upload_object: {source} is not a file")
+
+        def chunks() -> Iterator[pa.RecordBatch]:
+            version = pa.array([0], pa.uint64())
+            with source.open("rb") as fh:
+                while True:
+                    data = fh.read(FILE_CHUNK)
+                    yield pa.RecordBatch.from_arrays(
+                        [version, pa.array([data], pa.binary())], schema=UPLOAD_SCHEMA
+                    )
+                    if len(data) < FILE_CHUNK:
+                        return
+
+        descriptor = flight.FlightDescriptor.for_path(key)
+        result = self._call(
+            f"upload_object({key})", lambda: self._do_put(descriptor, UPLOAD_SCHEMA, chunks())
+        )
+        return (str(result["endpoint"]), str(result["key"]), int(result["version"]))
+
+    def delete(self, key: str) -> None:
+        if key.endswith("/*"):
+            validate_key(key[:-2] + "/x", parts=(2,), what="delete pattern")
+        else:
+            validate_key(key, parts=(2, 3), what="object key or prefix")
+
+        def _delete() -> None:
+            action = flight.Action("DELETE", key.encode())
+            results = list(self._client.do_action(action, self._options()))
+            if not results:
+                raise InternalError(f"delete_objects({key}): the object cache sent no reply")
+
+        self._call(f"delete_objects({key})", _delete)
+        self.local.discard_prefix(key[:-2] if key.endswith("/*") else key)
+
+    # -- reads ------------------------------------------------------------------------
+
+    def _fetch(self, key: str, client_version: int) -> tuple[pa.Schema, list[pa.RecordBatch]]:
+        ticket = flight.Ticket(f"{key}:{client_version}".encode())
+        reader = self._client.do_get(ticket, self._options())
+        batches = []
+        while True:
+            try:
+                chunk = reader.read_chunk()
+            except StopIteration:
+                break
+            batches.append(chunk.data)
+        return reader.schema, batches
+
+    def probe(self, key: str, version: int = 1) -> bool:
+        """Whether ``key`` exists, asking conditionally at ``version`` (no data moves
+        when the object is still at that version)."""
+        try:
+            self._call(f"probe({key})", lambda: self._fetch(key, version))
+        except NotFoundError:
+            return False
+        return True
+
+    def get_entry(self, key: str) -> _Entry:
+        what = f"get_object({key})"
+        cached = self.local.get(key)
+        asked = cached.version if cached is not None else 0
+        schema, batches = self._call(what, lambda: self._fetch(key, asked))
+        if is_native_schema(schema):
+            entry = _Entry(native_version(schema), pa.Table.from_batches(batches, schema=schema))
+            self.local.put(key, entry)
+            return entry
+        rows = list(_rows(batches))
+        if not rows:
+            if cached is None:
+                raise InternalError(f"{what}: the object cache returned no data")
+            return cached
+        if rows[0][1] == "base":
+            if any(kind == "base" for _, kind, _ in rows[1:]):
+                raise InternalError(f"{what}: reply has more than one base row")
+            entry = _Entry(rows[0][0], rows[0][2], [data for _, _, data in rows[1:]])
+        elif cached is not None and rows[0][0] == asked + 1:
+            entry = _Entry(cached.version, cached.base, list(cached.patches))
+            entry.patches.extend(data for _, _, data in rows)
+        else:  # patches that do not follow our copy: fetch the whole object again
+            return self._refetch(key)
+        versions = [v for v, _, _ in rows]
+        if versions != sorted(set(versions)):
+            raise InternalError(f"{what}: patch versions are not unique and increasing")
+        entry.version = versions[-1]
+        self.local.put(key, entry)
+        return entry
+
+    def _refetch(self, key: str) -> _Entry:
+        schema, batches = self._call(f"get_object({key})", lambda: self._fetch(key, 0))
+        if is_native_schema(schema):
+            return _Entry(native_version(schema), pa.Table.from_batches(batches, schema=schema))
+        rows = list(_rows(batches))
+        if not rows:
+            raise InternalError(f"get_object({key}): the object cache returned no data")
+        entry = _Entry(rows[-1][0], rows[0][2], [data for _, _, data in rows[1:]])
+        self.local.put(key, entry)
+        return entry
+
+    def get(self, key: str, deserializer: Callable[[Any, list[Any]], Any] | None = None) -> Any:
+        validate_key(key, parts=(3,), what="object key")
+        entry = self.get_entry(key)
+        if isinstance(entry.base, pa.Table):
+            return decode_native(entry.base)
+        base = decode_opaque(entry.base)
+        if deserializer is None:
+            return base
+        return deserializer(base, [decode_opaque(p) for p in entry.patches])
+
+    def download(self, key: str, dest: str | Path) -> None:
+        validate_key(key, parts=(3,), what="object key")
+        what = f"download_object({key})"
+        target = Path(dest)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
+
+        def _download() -> int:
+            reader = self._client.do_get(flight.Ticket(f"{key}:0".encode()), self._options())
+            written = 0
+            with tmp.open("wb") as fh:
+                while True:
+                    try:
+                        chunk = reader.read_chunk()
+                    except StopIteration:
+                        return written
+                    for _, kind, data in _rows([chunk.data]):
+                        if kind == "patch":
+                            raise InvalidArgumentError(f"{what}: the object has patches")
+                        fh.write(data)
+                        written += data.size
+
+        try:
+            if self._call(what, _download) == 0:
+                raise InternalError(f"{what}: the object cache returned no data")
+            tmp.replace(target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _rows(batches: list[pa.RecordBatch]) -> Iterator[tuple[int, str, pa.Buffer]]:
+    """(version, kind, data) of each row, data as a zero-copy buffer."""
+    first = True
+    for batch in batches:
+        names = batch.schema.names
+        versions = batch.column(0).to_pylist()
+        kinds = batch.column(names.index("kind")).to_pylist() if "kind" in names else None
+        data = batch.column(names.index("data") if "data" in names else batch.num_columns - 1)
+        offsets = data.buffers()[1]
+        values = data.buffers()[2]
+        bounds = pa.Array.from_buffers(
+            pa.int32(), len(data) + 1, [None, offsets], offset=data.offset
+        ).to_pylist()
+        for i in range(len(data)):
+            kind = kinds[i] if kinds is not None else ("base" if first else "patch")
+            first = False
+            size = bounds[i + 1] - bounds[i]
+            piece = values.slice(bounds[i], size) if values is not None else pa.py_buffer(b"")
+            yield int(versions[i]), str(kind), piece
+
+
+_clients: dict[tuple[str, str | None], CacheClient] = {}
+_clients_lock = threading.Lock()
+
+
+def client_for(endpoint: str, ca_file: str | None = None) -> CacheClient:
+    """The shared client of ``endpoint`` (one connection per endpoint)."""
+    key = (flight_location(endpoint), ca_file)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = _clients[key] = CacheClient(endpoint, ca_file=ca_file)
+        return client
+
+
+def reset_clients() -> None:
+    """Close every shared client (tests, and after a cache restart)."""
+    with _clients_lock:
+        clients = list(_clients.values())
+        _clients.clear()
+    for client in clients:
+        try:
+            client.close()
+        except Exception:  # pragma: no cover - best effort
+            log.debug("closing a cache client failed", exc_info=True)
