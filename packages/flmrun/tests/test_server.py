@@ -549,11 +549,13 @@ def test_relative_endpoint_fails(spawn: Callable[..., Instance], base_env: dict[
     assert "relative.sock" in inst.stderr()
 
 
-def test_no_service_exits_2(spawn: Callable[..., Instance], workdir: Path) -> None:
+def test_no_service_serves_runner_requests(spawn: Callable[..., Instance]) -> None:
     inst = spawn("-m", "flmrun")
-    assert inst.wait_exit() == 2
-    assert "flmrun: no --service given;" in inst.stderr()
-    assert not os.path.exists(workdir / "x.sock")
+    inst.wait_socket()
+    result = inst.enter(None)  # a Runner session always carries common data
+    assert result.return_code == -1
+    assert "Common data is None in session context" in result.message
+    assert inst.leave().return_code == 0
 
 
 def test_malformed_service_spec_exits_2(spawn: Callable[..., Instance]) -> None:

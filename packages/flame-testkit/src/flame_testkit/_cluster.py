@@ -162,16 +162,20 @@ class LocalCluster:
         return self
 
     async def stop(self) -> None:
-        if self.executor_manager is not None:
-            await self.executor_manager.stop()
-        if self.server is not None:
-            await self.server.stop()
-        if self.cache is not None:
-            await asyncio.to_thread(self.cache.stop)
-            self.cache = None
-        shutil.rmtree(self.socket_dir, ignore_errors=True)
-        if self._own_work_dir:
-            shutil.rmtree(self.work_dir, ignore_errors=True)
+        """Release every instance, then stop the servers.  Needs no new threads, so it
+        also works from an atexit hook, after concurrent.futures has shut down."""
+        try:
+            if self.executor_manager is not None:
+                await self.executor_manager.stop()
+        finally:
+            if self.server is not None:
+                await self.server.stop()
+            if self.cache is not None:
+                self.cache.stop()  # brief; blocking the loop here is fine
+                self.cache = None
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
+            if self._own_work_dir:
+                shutil.rmtree(self.work_dir, ignore_errors=True)
 
     def leftover_processes(self) -> list[int]:
         """Process groups of launched instances that still have a live process."""

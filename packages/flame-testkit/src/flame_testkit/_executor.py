@@ -24,6 +24,7 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
+from flame_testkit._installer import AppInstaller
 from flame_testkit._launch import (
     InstanceDirs,
     expand,
@@ -35,6 +36,7 @@ from flame_testkit._launch import (
 )
 from flame_testkit._state import AppRecord, ClusterState, SessionRecord, TaskRecord, TaskState
 from flamepy.proto import shim_pb2, shim_pb2_grpc, types_pb2
+from flmrun._errors import FlmrunError
 
 log = logging.getLogger("flame_testkit.executor")
 
@@ -101,6 +103,7 @@ class ExecutorManager:
         self._wake = asyncio.Event()
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
+        self.installer = AppInstaller(config.work_dir / "installs", cache_ca_file=config.ca_file)
         state.subscribe(self._on_change)
 
     # -- control --------------------------------------------------------------------
@@ -159,23 +162,42 @@ class ExecutorManager:
                 log.exception("scheduling pass failed")
 
     def _schedule(self) -> None:
+        """Start instances: first for sessions with tasks waiting, then (only when no
+        session is short of instances for its tasks) up to each ``min_instances``.
+
+        Putting tasks first matters on a small node: an idle instance kept for
+        ``min_instances`` is released for a session that has work, and must not be
+        started again while that work waits, or the two would take turns forever.
+        """
         free = self.config.capacity - len(self.executors)
+        candidates = []
         for session in list(self.state.sessions.values()):
             if not session.open or self.state.retry_limit_reached(session.id):
                 continue
             app = self.state.apps.get(session.spec.application)
             if app is None:
                 continue
-            bound = [e for e in self.executors.values() if e.session_id == session.id]
+            bound = sum(1 for e in self.executors.values() if e.session_id == session.id)
             limit = min(session.max_instances or math.inf, app.max_instances)
             demand = session.counts[TaskState.PENDING] + session.counts[TaskState.RUNNING]
-            desired = int(min(limit, max(session.spec.min_instances, demand)))
-            missing = desired - len(bound)
-            if missing <= 0:
+            candidates.append((session, app, bound, limit, demand))
+        short = False
+        for session, app, bound, limit, demand in candidates:
+            missing = int(min(limit, demand)) - bound
+            if missing <= 0 or session.counts[TaskState.PENDING] == 0:
                 continue
             if missing > free:
+                short = True
                 self._reclaim_idle(missing - free, exclude=session.id)
             for _ in range(min(missing, free)):
+                self._launch(session, app)
+                free -= 1
+        if short:
+            return
+        for session, app, _, limit, _ in candidates:
+            bound = sum(1 for e in self.executors.values() if e.session_id == session.id)
+            missing = int(min(limit, session.spec.min_instances)) - bound
+            for _ in range(max(0, min(missing, free))):
                 self._launch(session, app)
                 free -= 1
 
@@ -232,6 +254,12 @@ class ExecutorManager:
         base = dict(cfg.environ if cfg.environ is not None else os.environ)
         ex.dirs = InstanceDirs.create(spec, app.name, cfg.work_dir, ex.id)
         socket_path = cfg.socket_dir / f"{ex.id}.sock"
+        try:
+            installed = await self.installer.install(app.name, spec)
+        except FlmrunError as exc:
+            raise BindError(
+                f"installing the package of application {app.name} failed: {exc}"
+            ) from exc
         env = instance_environment(
             spec,
             base,
@@ -241,6 +269,7 @@ class ExecutorManager:
             ca_file=cfg.ca_file,
             log_level=cfg.log_level,
             app_dir=ex.dirs.app_dir,
+            installer_env=installed,
         )
         command = expand(spec.command, env, base) if spec.HasField("command") else ""
         if not command:
@@ -274,7 +303,9 @@ class ExecutorManager:
         if session.spec.HasField("common_data"):
             context.common_data = session.spec.common_data
         try:
-            result = await ex.stub.OnSessionEnter(context, timeout=cfg.enter_timeout)
+            result = await ex.stub.OnSessionEnter(
+                context, timeout=cfg.enter_timeout, wait_for_ready=True
+            )
         except grpc.aio.AioRpcError as exc:
             raise BindError(
                 f"on_session_enter failed: {exc.details()}{self._stderr_note(ex, stderr)}"

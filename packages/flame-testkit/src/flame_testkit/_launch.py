@@ -63,10 +63,10 @@ def instance_environment(
     if "HOME" not in env and "HOME" in base:  # 4.
         env["HOME"] = base["HOME"]
     for key, value in (installer_env or {}).items():  # 5.
-        if key in ("PATH", "PYTHONPATH", "LD_LIBRARY_PATH") and key in env:
-            env[key] = f"{value}:{env[key]}"
-        elif key in ("PATH", "PYTHONPATH", "LD_LIBRARY_PATH"):
-            env[key] = value
+        if key in ("PATH", "PYTHONPATH", "LD_LIBRARY_PATH"):
+            # installer:app, and for PATH the executor manager's own after that
+            rest = env.get(key) or (base.get(key) if key == "PATH" else None)
+            env[key] = f"{value}:{rest}" if rest else value
         else:
             env.setdefault(key, value)
     tmp = str(app_dir / "tmp")

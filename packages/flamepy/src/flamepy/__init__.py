@@ -83,6 +83,15 @@ from flamepy.core.cache import (
     update_object,
     upload_object,
 )
+from flamepy.runner import (
+    AsyncRunner,
+    FlameAsyncRunner,
+    FlameRunner,
+    ObjectExpr,
+    ObjectFuture,
+    RemoteError,
+    Runner,
+)
 
 __version__ = "0.1.0"
 
@@ -97,6 +106,7 @@ __all__ = [
     "ApplicationSchema",
     "ApplicationState",
     "AsyncConnection",
+    "AsyncRunner",
     "AsyncSession",
     "CommonData",
     "ConfigError",
@@ -105,12 +115,14 @@ __all__ = [
     "Event",
     "Executor",
     "ExecutorState",
+    "FlameAsyncRunner",
     "FlameClientTls",
     "FlameContext",
     "FlameContextRunner",
     "FlameError",
     "FlameErrorCode",
     "FlamePackage",
+    "FlameRunner",
     "FlameRuntimeError",
     "FlameTimeoutError",
     "FlameUsageError",
@@ -121,8 +133,12 @@ __all__ = [
     "Node",
     "NodeState",
     "NotFoundError",
+    "ObjectExpr",
+    "ObjectFuture",
     "ObjectRef",
+    "RemoteError",
     "ResourceRequirement",
+    "Runner",
     "Session",
     "SessionAttributes",
     "SessionID",

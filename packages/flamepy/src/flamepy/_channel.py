@@ -13,11 +13,9 @@ from flamepy._errors import ConfigError, ConnectionFailedError
 
 # The Frontend never raises the 4 MiB default; lifting our receive limit lets us read
 # a large task output that a real server would still send.
-CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.max_receive_message_length", -1),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-)
+# No client keepalive pings: servers with gRPC's default policy answer pings more
+# frequent than every 5 minutes with GOAWAY "too many pings".
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (("grpc.max_receive_message_length", -1),)
 
 
 def _target(endpoint: str) -> tuple[str, bool]:

@@ -1,4 +1,6 @@
-"""Command line of the instance process: ``python -m flmrun --service module:ClassName``.
+"""Command line of the instance process: ``python -m flmrun [--service module:ClassName]``.
+
+Without ``--service`` it serves Runner requests (:mod:`flmrun._runpy`).
 
 The executor manager runs this (through the application's ``command``) with
 ``FLAME_INSTANCE_ENDPOINT`` set. The socket is bound first; only then is ``module``
@@ -24,6 +26,8 @@ from flmrun._service import FlameService
 __all__ = ["load_service_class", "main", "parse_service_spec"]
 
 _PROG = "flmrun"
+DEFAULT_SERVICE = "flmrun._runpy:RunpyService"
+"""Without --service, flmrun serves Runner requests (what Flame's ``flmrun`` app runs)."""
 
 
 def parse_service_spec(spec: str) -> tuple[str, str]:
@@ -98,12 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or an argparse usage error (already printed)
         return exc.code if isinstance(exc.code, int) else 2
     if not args.service:
-        print(
-            f"{_PROG}: no --service given; pass --service module:ClassName naming a "
-            "flmrun.FlameService subclass to serve (there is no default service yet)",
-            file=sys.stderr,
-        )
-        return 2
+        args.service = DEFAULT_SERVICE
     try:
         parse_service_spec(args.service)
     except InstanceConfigError as exc:

@@ -42,7 +42,7 @@ from typing import Any, TypeAlias, TypeVar, cast
 import grpc
 
 from flamepy.proto import shim_pb2, shim_pb2_grpc, types_pb2
-from flmrun._errors import InstanceConfigError, ServiceLoadError
+from flmrun._errors import InstanceConfigError, ServiceLoadError, TaskFailure
 from flmrun._service import ApplicationContext, FlameService, SessionContext, TaskContext
 
 __all__ = ["ENDPOINT_ENV", "configure_logging", "format_error", "run", "serve"]
@@ -282,6 +282,11 @@ class _InstanceServicer:
                 output = await _call_hook(service.on_task_invoke, ctx)
             except asyncio.CancelledError:
                 raise
+            except TaskFailure as failure:
+                logger.info("task %s failed: %r", ctx.task_id, failure.cause)
+                return types_pb2.TaskResult(
+                    return_code=-1, message=format_error(failure.cause), output=failure.output
+                )
             except BaseException as exc:
                 logger.info("task %s of session %s failed: %r", ctx.task_id, ctx.session_id, exc)
                 return types_pb2.TaskResult(return_code=-1, message=format_error(exc))
@@ -414,14 +419,20 @@ async def serve(service: ServiceSpec, endpoint: str | None = None) -> None:
             Callable[[object, object], None], shim_pb2_grpc.add_InstanceServicer_to_server
         )
         add_servicer(servicer, server)
+        # Bind under a staging name and rename once listening: the executor connects
+        # as soon as the socket file exists, and a bound but not yet listening socket
+        # would refuse it.
+        staging = _staging_path(path)
         try:
-            server.add_insecure_port(f"unix://{path}")
+            server.add_insecure_port(f"unix://{staging}")
         except RuntimeError as exc:
             raise InstanceConfigError(
                 f"cannot bind the Unix socket {path!r}: {exc} "
                 "(does its directory exist and is it writable?)"
             ) from exc
         await server.start()
+        if staging != path:
+            os.rename(staging, path)
         try:
             inode = os.lstat(path).st_ino
         except OSError:
@@ -457,6 +468,12 @@ async def serve(service: ServiceSpec, endpoint: str | None = None) -> None:
         for sig in installed:
             loop.remove_signal_handler(sig)
         logger.info("instance stopped")
+
+
+def _staging_path(path: str) -> str:
+    directory, name = os.path.split(path)
+    staging = os.path.join(directory, f".{os.getpid()}.{name}")
+    return staging if len(os.fsencode(staging)) <= _MAX_SOCKET_PATH_BYTES else path
 
 
 def run(service: ServiceSpec, endpoint: str | None = None) -> None:

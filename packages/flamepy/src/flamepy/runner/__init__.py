@@ -1,0 +1,33 @@
+"""The Runner API: run local functions, classes and objects on Flame.
+
+``flamepy.runner.types`` holds the pickled wire types and keeps its module path;
+everything else is private and re-exported here.
+"""
+
+from flamepy._errors import RemoteError
+from flamepy.runner._future import AsyncObjectFuture, ObjectExpr, ObjectFuture
+from flamepy.runner._runner import (
+    AsyncRunner,
+    AsyncRunnerService,
+    FlameAsyncRunner,
+    FlameRunner,
+    Runner,
+    RunnerService,
+)
+from flamepy.runner.types import RunnerContext, RunnerRequest, SessionContext
+
+__all__ = [
+    "AsyncObjectFuture",
+    "AsyncRunner",
+    "AsyncRunnerService",
+    "FlameAsyncRunner",
+    "FlameRunner",
+    "ObjectExpr",
+    "ObjectFuture",
+    "RemoteError",
+    "Runner",
+    "RunnerContext",
+    "RunnerRequest",
+    "RunnerService",
+    "SessionContext",
+]

@@ -1,0 +1,324 @@
+"""The asyncio core shared by ``Runner`` and ``AsyncRunner``.
+
+:class:`RunnerCore` owns the application (package, upload, registration cloned
+from the template, cleanup); :class:`ServiceCore` owns one service's context,
+session and call ordering.  The front-ends in ``_runner.py`` only translate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from flamepy._async_client import AsyncConnection, AsyncSession, generate_session_id
+from flamepy._config import FlameContext
+from flamepy._embedded import resolve_cache_endpoint, resolve_endpoint
+from flamepy._errors import AlreadyExistsError, InternalError, InvalidArgumentError, NotFoundError
+from flamepy._types import (
+    Application,
+    ApplicationAttributes,
+    ResourceRequirement,
+    SessionAttributes,
+    SessionState,
+)
+from flamepy.core.cache import delete_objects, put_object_async
+from flamepy.runner._calls import CallResult, SubmissionOrder, run_call
+from flamepy.runner._package import DEFAULT_SIZE_BUDGET, Package, build_package
+from flamepy.runner._pickling import bind_constructor, pickle_context
+from flamepy.runner._storage import PackageStorage, storage_for
+from flamepy.runner.types import RunnerContext, SessionContext, is_function
+
+log = logging.getLogger("flamepy.runner")
+
+CLOSE_WAIT = 60.0
+"""Seconds a closing service waits for its calls in flight."""
+RESERVED_NAMES = frozenset({"close", "methods", "session_id", "wait_ready"})
+"""RunnerService attributes; a user method with one of these names is not wrapped."""
+
+
+def public_methods(obj: Any) -> list[str]:
+    names = []
+    for name in dir(obj):
+        if name.startswith("_") or name in RESERVED_NAMES:
+            continue
+        try:
+            value = inspect.getattr_static(obj, name)
+        except AttributeError:
+            continue
+        if isinstance(value, (staticmethod, classmethod)) or callable(value):
+            names.append(name)
+    return sorted(names)
+
+
+def clone_template(
+    template: Application, name: str, url: str, python_version: str | None
+) -> ApplicationAttributes:
+    """The application spec Runner registers, derived from the template (config §5)."""
+    environments = dict(template.environments or {})
+    if python_version:
+        environments["FLAME_PYTHON_VERSION"] = python_version
+    workdir = None
+    if template.working_directory:
+        workdir = f"{template.working_directory.rstrip('/')}/{name}"
+    return ApplicationAttributes(
+        image=template.image,
+        description=f"Runner application: {name}",
+        labels=template.labels,
+        command=template.command,
+        arguments=template.arguments,
+        environments=environments,
+        working_directory=workdir,
+        max_instances=template.max_instances,
+        delay_release=template.delay_release,
+        schema=template.schema,
+        url=url,
+        installer=template.installer,
+    )
+
+
+class RunnerCore:
+    """One Runner application, on the event loop that runs its calls."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        fail_if_exists: bool = False,
+        dependencies: Sequence[str] | None = None,
+        python_version: str | None = None,
+        excludes: Sequence[str] = (),
+        storage: str | None = None,
+        template: str | None = None,
+        root: str | os.PathLike[str] | None = None,
+        size_budget: int = DEFAULT_SIZE_BUDGET,
+    ) -> None:
+        if not name:
+            raise InvalidArgumentError("a Runner needs an application name")
+        self.name = name
+        self.fail_if_exists = fail_if_exists
+        self.dependencies = list(dependencies or [])
+        self.python_version = python_version
+        self.excludes = list(excludes)
+        self.storage_url = storage
+        self.template_name = template
+        self.root = Path(root) if root is not None else Path.cwd()
+        self.size_budget = size_budget
+        self.conn: AsyncConnection | None = None
+        self.owner = False
+        self.package: Package | None = None
+        self.package_url: str | None = None
+        self.package_uploaded = False
+        self._storage: PackageStorage | None = None
+        self._workdir: Path | None = None
+        self.services: list[ServiceCore] = []
+
+    @property
+    def connection(self) -> AsyncConnection:
+        if self.conn is None:
+            raise InvalidArgumentError("the Runner is not open (use it in a with block)")
+        return self.conn
+
+    async def setup(self) -> None:
+        ctx = FlameContext()
+        endpoint = await asyncio.to_thread(resolve_endpoint, ctx)
+        self.cache_endpoint = await asyncio.to_thread(resolve_cache_endpoint, ctx)
+        self.cache_ca = ctx.cache_tls.ca_file if ctx.cache_tls else None
+        tls = ctx.tls
+        self.conn = await AsyncConnection.connect(
+            endpoint, ca_file=tls.ca_file if tls else None, timeout=ctx.connect_timeout
+        )
+        try:
+            await self._register(ctx)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _register(self, ctx: FlameContext) -> None:
+        conn = self.connection
+        if await conn.get_application(self.name) is not None:
+            if self.fail_if_exists:
+                raise AlreadyExistsError(
+                    f"application {self.name} already exists on {conn.endpoint}; choose another "
+                    "Runner name or pass fail_if_exists=False to reuse it"
+                )
+            log.info("reusing the existing application %s", self.name)
+            return
+        template_name = self.template_name or ctx.runner.template or "flmrun"
+        template = await conn.get_application(template_name)
+        if template is None:
+            raise NotFoundError(
+                f"the Runner template application {template_name!r} is not registered on "
+                f"{conn.endpoint}; register it, or set runner.template in flame.yaml "
+                "(or Runner(template=...)) to one that is"
+            )
+        excludes = [*(ctx.package.excludes if ctx.package else ()), *self.excludes]
+        storage_url = self.storage_url or (ctx.package.storage if ctx.package else None)
+        self._storage = storage_for(
+            storage_url, self.name, cache_endpoint=self.cache_endpoint, cache_ca_file=self.cache_ca
+        )
+        self._workdir = Path(tempfile.mkdtemp(prefix="flame-runner-"))
+        package = await asyncio.to_thread(
+            build_package,
+            self.root,
+            self.name,
+            self._workdir,
+            excludes=excludes,
+            dependencies=self.dependencies,
+            size_budget=self.size_budget,
+        )
+        self.package = package
+        if await asyncio.to_thread(self._storage.exists, package):
+            log.info("package %s is already in storage; not uploading it again", package.file_name)
+        else:
+            await asyncio.to_thread(self._storage.upload, package)
+            self.package_uploaded = True
+        self.package_url = self._storage.url_for(package)
+        attrs = clone_template(template, self.name, self.package_url, self.python_version)
+        await conn.register_application(self.name, attrs)
+        self.owner = True
+
+    def new_service(
+        self,
+        execution_object: Any,
+        autoscale: bool | None,
+        warmup: int,
+        resreq: ResourceRequirement | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+    ) -> ServiceCore:
+        service = ServiceCore(self, execution_object, autoscale, warmup, resreq, args, kwargs)
+        self.services.append(service)
+        return service
+
+    async def put_object(self, obj: Any) -> Any:
+        return await put_object_async(f"{self.name}/shared", obj)
+
+    async def close(self) -> None:
+        """Close this Runner's sessions; if it registered the application, remove it,
+        its cache objects and its package."""
+        errors: list[BaseException] = []
+        for service in self.services:
+            try:
+                await service.close()
+            except Exception as exc:  # keep cleaning up
+                errors.append(exc)
+        self.services.clear()
+        if self.owner and self.conn is not None:
+            self.owner = False
+            try:
+                await self.conn.unregister_application(self.name)
+            except NotFoundError:
+                pass
+            except Exception as exc:
+                errors.append(exc)
+            try:
+                await asyncio.to_thread(delete_objects, f"{self.name}/*")
+            except Exception as exc:
+                errors.append(exc)
+            if self.package_uploaded and self._storage and self.package_url:
+                try:
+                    await asyncio.to_thread(self._storage.delete, self.package_url)
+                except Exception as exc:
+                    errors.append(exc)
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            await conn.close()
+        if errors:
+            raise errors[0]
+
+
+class ServiceCore:
+    """One remote service: its context, its session, and the order of its calls."""
+
+    def __init__(
+        self,
+        runner: RunnerCore,
+        execution_object: Any,
+        autoscale: bool | None,
+        warmup: int,
+        resreq: ResourceRequirement | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+    ) -> None:
+        self.runner = runner
+        obj = execution_object
+        is_class = isinstance(obj, type)
+        if (args or kwargs) and not is_class:
+            raise InvalidArgumentError("constructor arguments are only valid for a class")
+        if is_class and (args or kwargs):
+            obj = bind_constructor(obj, args, kwargs or {})
+        if is_class and autoscale is None:
+            autoscale = False  # a class keeps its state on one instance unless asked
+        self.context = RunnerContext(obj, autoscale=autoscale, warmup=warmup)
+        self.context_bytes = pickle_context(self.context, execution_object)
+        self.resreq = resreq
+        self.is_function = is_function(execution_object)
+        self.methods = [] if self.is_function else public_methods(execution_object)
+        explicit = getattr(execution_object, "_session_context", None)
+        sid = explicit.session_id if isinstance(explicit, SessionContext) else None
+        self.session_id = sid or generate_session_id(runner.name)
+        self.order = None if self.context.autoscale else SubmissionOrder()
+        self._session: asyncio.Future[AsyncSession] | None = None
+        self._inflight: set[asyncio.Task[Any]] = set()
+
+    async def session(self) -> AsyncSession:
+        if self._session is None:
+            self._session = asyncio.ensure_future(self._open())
+        return await asyncio.shield(self._session)
+
+    async def _open(self) -> AsyncSession:
+        ref = await put_object_async(f"{self.runner.name}/{self.session_id}", self.context_bytes)
+        spec = SessionAttributes(
+            application=self.runner.name,
+            common_data=ref.encode(),
+            min_instances=self.context.min_instances,
+            max_instances=self.context.max_instances,
+            resreq=self.resreq,
+        )
+        return await self.runner.connection.open_session(self.session_id, spec)
+
+    def cache_prefix(self, session: AsyncSession) -> str:
+        return f"{self.runner.name}/{session.id}"
+
+    async def call(
+        self, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> CallResult:
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
+        try:
+            return await run_call(
+                self.session, self.order, method, args, kwargs, cache_prefix=self.cache_prefix
+            )
+        finally:
+            if task is not None:
+                self._inflight.discard(task)
+
+    async def close(self) -> None:
+        """Let calls in flight finish (at most CLOSE_WAIT s), then close the session."""
+        if self._inflight:
+            await asyncio.wait(list(self._inflight), timeout=CLOSE_WAIT)
+        if self._session is None:
+            return
+        try:
+            session = await self._session
+        except Exception:
+            return  # it never opened
+        if session.state == SessionState.OPEN:
+            try:
+                await session.close()
+            except InternalError:
+                if not self.runner.owner:
+                    raise
+                # Tasks still running: unregistering the application drops the session.
+                log.warning("session %s still has running tasks at close", session.id)

@@ -1,0 +1,321 @@
+"""``Runner`` (blocking) and ``AsyncRunner`` (asyncio): run local Python code on Flame.
+
+::
+
+    with Runner("demo") as rr:
+        add = rr.service(lambda a, b: a + b)
+        print(add(1, 2).get())
+
+The sync Runner runs its core on flamepy's one background loop; every call is a
+coroutine there, so thousands of futures in flight need no threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+from flamepy._loop import background_loop
+from flamepy._types import ResourceRequirement
+from flamepy.core.cache import ObjectRef
+from flamepy.runner._core import RunnerCore, ServiceCore
+from flamepy.runner._future import AsyncObjectFuture, ObjectFuture, as_completed
+from flamepy.runner._package import DEFAULT_SIZE_BUDGET
+
+
+class _Method:
+    __slots__ = ("_name", "_service")
+
+    def __init__(self, service: RunnerService, name: str | None) -> None:
+        self._service = service
+        self._name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> ObjectFuture:
+        return self._service._submit(self._name, args, kwargs)
+
+
+class RunnerService:
+    """A remote function, class or object: each public method returns a future."""
+
+    def __init__(self, runner: Runner, core: ServiceCore) -> None:
+        self._runner = runner
+        self._core = core
+        for name in core.methods:
+            setattr(self, name, _Method(self, name))
+
+    @property
+    def session_id(self) -> str:
+        return self._core.session_id
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self._core.methods)
+
+    def _submit(
+        self, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> ObjectFuture:
+        loop = self._runner._loop
+        future = loop.submit(self._core.call(method, args, kwargs))
+        return ObjectFuture(future, loop, f"{self._runner.name}/{self._core.session_id}")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> ObjectFuture:
+        if not self._core.is_function:
+            raise TypeError(
+                f"this service wraps an object; call one of its methods: {self._core.methods}"
+            )
+        return self._submit(None, args, kwargs)
+
+    def close(self) -> None:
+        self._runner._loop.run(self._core.close())
+
+
+class Runner:
+    """Package the working directory, register it on Flame and run code there.
+
+    ``name`` names the application.  An existing application of that name is
+    reused (and left in place at exit) unless ``fail_if_exists``.  Options:
+    ``dependencies`` (pip requirement strings), ``python_version``,
+    ``excludes`` (gitignore patterns), ``storage`` (package storage URL),
+    ``template`` (the application to clone), ``root`` (the directory to package)
+    and ``size_budget`` (bytes).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        fail_if_exists: bool = False,
+        dependencies: list[str] | None = None,
+        python_version: str | None = None,
+        *,
+        excludes: Sequence[str] = (),
+        storage: str | None = None,
+        template: str | None = None,
+        root: str | os.PathLike[str] | None = None,
+        size_budget: int = DEFAULT_SIZE_BUDGET,
+    ) -> None:
+        self.name = name
+        self._loop = background_loop()
+        self._core = RunnerCore(
+            name,
+            fail_if_exists=fail_if_exists,
+            dependencies=dependencies,
+            python_version=python_version,
+            excludes=excludes,
+            storage=storage,
+            template=template,
+            root=root,
+            size_budget=size_budget,
+        )
+        self._loop.run(self._core.setup())
+        self._closed = False
+
+    @property
+    def package_url(self) -> str | None:
+        return self._core.package_url
+
+    @property
+    def package_uploaded(self) -> bool:
+        return self._core.package_uploaded
+
+    def service(
+        self,
+        execution_object: Any,
+        autoscale: bool | None = None,
+        warmup: int = 0,
+        resreq: ResourceRequirement | None = None,
+        *,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> RunnerService:
+        """Run a function, a class (``args``/``kwargs`` go to its constructor on the
+        executor) or an object instance remotely; its session opens now."""
+        core = self._core.new_service(execution_object, autoscale, warmup, resreq, args, kwargs)
+        self._loop.run(core.session())
+        return RunnerService(self, core)
+
+    def get(self, futures: Sequence[ObjectFuture], timeout: float | None = None) -> list[Any]:
+        return [f.get(timeout) for f in futures]
+
+    def ref(self, futures: Sequence[ObjectFuture], timeout: float | None = None) -> list[ObjectRef]:
+        return [f.ref(timeout) for f in futures]
+
+    def wait(self, futures: Sequence[ObjectFuture], timeout: float | None = None) -> None:
+        for future in futures:
+            future.wait(timeout)
+
+    def select(
+        self, futures: Sequence[ObjectFuture], timeout: float | None = None
+    ) -> Iterator[ObjectFuture]:
+        """The futures in the order their calls finish."""
+        return as_completed(futures, timeout)
+
+    def put_object(self, obj: Any) -> ObjectRef:
+        """Store ``obj`` under ``<app>/shared``; pass the ref to calls."""
+        return self._loop.run(self._core.put_object(obj))  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._loop.run(self._core.close())
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+FlameRunner = Runner
+
+
+class _AsyncMethod:
+    __slots__ = ("_name", "_service")
+
+    def __init__(self, service: AsyncRunnerService, name: str | None) -> None:
+        self._service = service
+        self._name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> AsyncObjectFuture:
+        return self._service._submit(self._name, args, kwargs)
+
+
+class AsyncRunnerService:
+    """The asyncio flavour of :class:`RunnerService`; ``await service`` waits for its
+    session, and each call returns an :class:`AsyncObjectFuture`."""
+
+    def __init__(self, runner: AsyncRunner, core: ServiceCore) -> None:
+        self._runner = runner
+        self._core = core
+        for name in core.methods:
+            setattr(self, name, _AsyncMethod(self, name))
+
+    @property
+    def session_id(self) -> str:
+        return self._core.session_id
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self._core.methods)
+
+    def _submit(
+        self, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AsyncObjectFuture:
+        task = asyncio.ensure_future(self._core.call(method, args, kwargs))
+        return AsyncObjectFuture(task, f"{self._runner.name}/{self._core.session_id}")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> AsyncObjectFuture:
+        if not self._core.is_function:
+            raise TypeError(
+                f"this service wraps an object; call one of its methods: {self._core.methods}"
+            )
+        return self._submit(None, args, kwargs)
+
+    async def wait_ready(self) -> AsyncRunnerService:
+        await self._core.session()
+        return self
+
+    def __await__(self) -> Any:
+        return self.wait_ready().__await__()
+
+    async def close(self) -> None:
+        await self._core.close()
+
+
+class AsyncRunner:
+    """The asyncio Runner: ``async with AsyncRunner("name") as rr: ...``."""
+
+    def __init__(
+        self,
+        name: str,
+        fail_if_exists: bool = False,
+        dependencies: list[str] | None = None,
+        python_version: str | None = None,
+        *,
+        excludes: Sequence[str] = (),
+        storage: str | None = None,
+        template: str | None = None,
+        root: str | os.PathLike[str] | None = None,
+        size_budget: int = DEFAULT_SIZE_BUDGET,
+    ) -> None:
+        self.name = name
+        self._core = RunnerCore(
+            name,
+            fail_if_exists=fail_if_exists,
+            dependencies=dependencies,
+            python_version=python_version,
+            excludes=excludes,
+            storage=storage,
+            template=template,
+            root=root,
+            size_budget=size_budget,
+        )
+        self._opened = False
+
+    async def open(self) -> AsyncRunner:
+        if not self._opened:
+            await self._core.setup()
+            self._opened = True
+        return self
+
+    @property
+    def package_url(self) -> str | None:
+        return self._core.package_url
+
+    def service(
+        self,
+        execution_object: Any,
+        autoscale: bool | None = None,
+        warmup: int = 0,
+        resreq: ResourceRequirement | None = None,
+        *,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> AsyncRunnerService:
+        """Like :meth:`Runner.service`; the session opens in the background."""
+        core = self._core.new_service(execution_object, autoscale, warmup, resreq, args, kwargs)
+        return AsyncRunnerService(self, core)
+
+    async def get(
+        self, futures: Sequence[AsyncObjectFuture], timeout: float | None = None
+    ) -> list[Any]:
+        return list(await asyncio.gather(*(f.get(timeout) for f in futures)))
+
+    async def ref(
+        self, futures: Sequence[AsyncObjectFuture], timeout: float | None = None
+    ) -> list[ObjectRef]:
+        return list(await asyncio.gather(*(f.ref(timeout) for f in futures)))
+
+    async def wait(
+        self, futures: Sequence[AsyncObjectFuture], timeout: float | None = None
+    ) -> None:
+        await asyncio.gather(*(f.wait(timeout) for f in futures))
+
+    async def select(
+        self, futures: Sequence[AsyncObjectFuture]
+    ) -> AsyncIterator[AsyncObjectFuture]:
+        """The futures in the order their calls finish."""
+        by_task = {f._task: f for f in futures}
+        pending = set(by_task)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                yield by_task[task]
+
+    async def put_object(self, obj: Any) -> ObjectRef:
+        return await self._core.put_object(obj)  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        if self._opened:
+            self._opened = False
+            await self._core.close()
+
+    async def __aenter__(self) -> AsyncRunner:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+FlameAsyncRunner = AsyncRunner

@@ -1,0 +1,101 @@
+"""Runner payload types.  This module path is part of the wire format.
+
+Runner sessions and tasks carry cloudpickled instances of
+``flamepy.runner.types.RunnerContext`` and ``flamepy.runner.types.RunnerRequest``
+(flame-runner-wire.md §2, §3, §7); both ends check ``isinstance`` against their
+own class, so the module path, class names and attribute names must stay exactly
+as they are.  Extra attributes are ignored by Flame's own runpy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from flamepy._errors import InvalidArgumentError
+
+INLINE_RESULT_MAGIC = b"FLMI"
+"""Prefix of a task output that carries the result inline instead of a BSON ObjectRef.
+
+BSON documents start with their int32 length; this prefix would mean >1 GiB, which
+no ObjectRef is, so the two can never be confused."""
+ERROR_RESULT_MAGIC = b"FLME"
+"""Prefix of a Failed task's output that carries the pickled remote exception."""
+
+
+def is_function(obj: Any) -> bool:
+    """Callable and not a class: functions, and instances that define ``__call__``."""
+    return callable(obj) and not isinstance(obj, type)
+
+
+@dataclass
+class RunnerContext:
+    """What a Runner session runs: the execution object and its scaling flags."""
+
+    execution_object: Any
+    stateful: bool | None = None
+    autoscale: bool | None = None
+    warmup: int = 0
+    min_instances: int = field(init=False, default=0)
+    max_instances: int | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        obj = self.execution_object
+        instance = not is_function(obj) and not isinstance(obj, type)
+        if self.stateful is None:
+            self.stateful = instance
+        if instance:
+            self.autoscale = False
+        elif self.autoscale is None:
+            self.autoscale = True
+        if self.warmup < 0:
+            raise InvalidArgumentError(f"warmup must not be negative, got {self.warmup}")
+        if instance and self.warmup > 1:
+            raise InvalidArgumentError(
+                f"an object instance runs on one instance; warmup must be 0 or 1, not {self.warmup}"
+            )
+        if self.warmup > 0:
+            self.min_instances = self.warmup
+        else:
+            self.min_instances = 0 if self.autoscale else 1
+        self.max_instances = None if self.autoscale else self.min_instances
+
+
+@dataclass
+class RunnerRequest:
+    """One call: ``method`` of the execution object (None: call the object itself)."""
+
+    method: str | None = None
+    args: tuple[Any, ...] | None = None
+    kwargs: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.method is not None and not isinstance(self.method, str):
+            raise InvalidArgumentError(
+                f"RunnerRequest.method must be a str or None, not {self.method!r}"
+            )
+        if self.args is not None and not isinstance(self.args, (tuple, list)):
+            raise InvalidArgumentError("RunnerRequest.args must be a tuple or list")
+        if self.kwargs is not None and not isinstance(self.kwargs, dict):
+            raise InvalidArgumentError("RunnerRequest.kwargs must be a dict")
+
+
+@dataclass
+class SessionContext:
+    """Attach to an execution object to choose its session id (Flame SDK API)."""
+
+    session_id: str | None = None
+    application_name: str | None = None
+
+
+__all__ = [
+    "ERROR_RESULT_MAGIC",
+    "INLINE_RESULT_MAGIC",
+    "RunnerContext",
+    "RunnerRequest",
+    "SessionContext",
+    "is_function",
+]

@@ -1,0 +1,210 @@
+"""Serving Runner requests: the executor side of ``flamepy.runner`` (runner-wire §4).
+
+On session enter: decode the BSON ObjectRef in ``common_data``, fetch the pickled
+``RunnerContext`` from the cache, make sure the application package is installed,
+and instantiate a class.  On each task: decode the ``RunnerRequest``, fetch the
+ObjectRefs among its arguments (nested ones too) in parallel, call, store the
+result in the cache and answer with its BSON ObjectRef (or the value itself,
+when the client offered to take small results inline).  A failure carries the
+pickled exception in the output so the client can re-raise it as itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import pickle
+import sys
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import cloudpickle
+
+from flamepy._cache_codec import encode_opaque
+from flamepy.core.cache import ObjectRef, get_object, put_object, update_object
+from flamepy.runner.types import (
+    ERROR_RESULT_MAGIC,
+    INLINE_RESULT_MAGIC,
+    RunnerContext,
+    RunnerRequest,
+)
+from flmrun._errors import TaskFailure
+from flmrun._service import FlameService, SessionContext, TaskContext
+
+log = logging.getLogger("flmrun.runpy")
+
+FETCH_THREADS = 8
+INLINE_ATTRIBUTE = "flame_inline_limit"
+PACKAGE_SRC_ENV = "FLAME_PACKAGE_SRC"
+MAX_DEPTH = 32
+
+
+def _walk_refs(value: Any, found: list[ObjectRef], depth: int = 0) -> None:
+    if isinstance(value, ObjectRef):
+        found.append(value)
+    elif depth < MAX_DEPTH and isinstance(value, (list, tuple, set, frozenset)):
+        for item in value:
+            _walk_refs(item, found, depth + 1)
+    elif depth < MAX_DEPTH and isinstance(value, dict):
+        for item in value.values():
+            _walk_refs(item, found, depth + 1)
+
+
+def _replace_refs(value: Any, fetched: dict[int, Any], depth: int = 0) -> Any:
+    if isinstance(value, ObjectRef):
+        return fetched[id(value)]
+    if depth >= MAX_DEPTH:
+        return value
+    if isinstance(value, list):
+        return [_replace_refs(v, fetched, depth + 1) for v in value]
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(_replace_refs(v, fetched, depth + 1) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return type(value)(_replace_refs(v, fetched, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return {k: _replace_refs(v, fetched, depth + 1) for k, v in value.items()}
+    return value
+
+
+def _bson_ref(value: bytes) -> ObjectRef | None:
+    """A top-level bytes argument that is a BSON ObjectRef (Flame's runpy accepts those)."""
+    if len(value) > 4096 or len(value) < 5:
+        return None
+    try:
+        return ObjectRef.decode(value)
+    except Exception:
+        return None
+
+
+def error_output(exc: BaseException) -> bytes:
+    """``FLME`` + pickle((exception or None, type name, message, traceback text))."""
+    kind = type(exc)
+    type_name = kind.__qualname__
+    if kind.__module__ != "builtins":
+        type_name = f"{kind.__module__}.{type_name}"
+    text = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
+    try:
+        payload: bytes = cloudpickle.dumps((exc, type_name, str(exc), text))
+        pickle.loads(payload)  # it must load again on the client
+    except Exception:
+        payload = cloudpickle.dumps((None, type_name, str(exc), text))
+    return ERROR_RESULT_MAGIC + payload
+
+
+class RunpyService(FlameService):
+    """Runs the execution object of a Runner session."""
+
+    def __init__(self) -> None:
+        self._context: RunnerContext | None = None
+        self._object: Any = None
+        self._ref: ObjectRef | None = None
+        self._prefix = ""
+        self._wrote_last = False
+        self._pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="flmrun-fetch")
+
+    # -- session ------------------------------------------------------------------------
+
+    def on_session_enter(self, context: SessionContext) -> None:
+        if context.common_data is None:
+            raise ValueError("Common data is None in session context")
+        self._ensure_package(context)
+        self._ref = ObjectRef.decode(context.common_data)
+        self._load_context(self._ref)
+        self._prefix = f"{context.application.name}/{context.session_id}"
+
+    def _ensure_package(self, context: SessionContext) -> None:
+        url = context.application.url
+        if not url or os.environ.get(PACKAGE_SRC_ENV):
+            return  # nothing to install, or the executor manager installed it
+        from flmrun._selfinstall import install_from_url
+
+        for entry in reversed(install_from_url(context.application.name, url)):
+            if entry not in sys.path:
+                sys.path.insert(0, entry)
+
+    def _load_context(self, ref: ObjectRef) -> None:
+        data = get_object(ref)
+        value = cloudpickle.loads(data) if isinstance(data, (bytes, bytearray)) else data
+        if not isinstance(value, RunnerContext):
+            raise TypeError(f"common data holds a {type(value).__name__}, not a RunnerContext")
+        self._context = value
+        obj = value.execution_object
+        self._object = obj() if isinstance(obj, type) else obj
+
+    def on_session_leave(self) -> None:
+        self._context = None
+        self._object = None
+        self._ref = None
+
+    # -- tasks --------------------------------------------------------------------------
+
+    def on_task_invoke(self, context: TaskContext) -> bytes | None:
+        try:
+            request = self._request(context)
+            args, kwargs = self._resolve(request)
+            result = self._target(request.method)(*args, **kwargs)
+            self._save_state()
+        except Exception as exc:
+            raise TaskFailure(exc, error_output(exc)) from exc
+        limit = getattr(request, INLINE_ATTRIBUTE, 0)
+        if isinstance(limit, int) and limit > 0:
+            payload = encode_opaque(result)
+            if payload.size <= limit:
+                return INLINE_RESULT_MAGIC + bytes(payload.to_pybytes())
+        return put_object(self._prefix, result).encode()
+
+    def _request(self, context: TaskContext) -> RunnerRequest:
+        if self._context is None:
+            raise RuntimeError("no session context: on_session_enter did not succeed")
+        if context.input is None:
+            raise ValueError("task input is missing")
+        request = cloudpickle.loads(context.input)
+        if not isinstance(request, RunnerRequest):
+            raise TypeError(f"task input holds a {type(request).__name__}, not a RunnerRequest")
+        request.validate()
+        if self._context.stateful and self._ref is not None and not self._wrote_last:
+            self._load_context(self._ref)  # the cache's copy is the source of truth
+        return request
+
+    def _resolve(self, request: RunnerRequest) -> tuple[list[Any], dict[str, Any]]:
+        args = list(request.args or ())
+        kwargs = dict(request.kwargs or {})
+        for i, value in enumerate(args):
+            if isinstance(value, bytes) and (ref := _bson_ref(value)) is not None:
+                args[i] = ref
+        for key, value in kwargs.items():
+            if isinstance(value, bytes) and (ref := _bson_ref(value)) is not None:
+                kwargs[key] = ref
+        refs: list[ObjectRef] = []
+        _walk_refs(args, refs)
+        _walk_refs(kwargs, refs)
+        if not refs:
+            return args, kwargs
+        values = list(self._pool.map(get_object, refs))
+        fetched = {id(r): v for r, v in zip(refs, values, strict=True)}
+        return _replace_refs(args, fetched), _replace_refs(kwargs, fetched)
+
+    def _target(self, method: str | None) -> Any:
+        if method is None:
+            target = self._object
+        else:
+            target = getattr(self._object, method, None)
+            if target is None:
+                raise AttributeError(f"{type(self._object).__name__} has no method {method!r}")
+        if not callable(target):
+            raise TypeError(f"{method or 'the execution object'} is not callable")
+        return target
+
+    def _save_state(self) -> None:
+        context = self._context
+        if context is None or not context.stateful or self._ref is None:
+            return
+        fresh = copy.copy(context)
+        fresh.execution_object = self._object
+        self._ref = update_object(self._ref, cloudpickle.dumps(fresh))
+        self._context = fresh
+        # This instance holds the only copy being written (a stateful object runs on
+        # one instance), so the next call need not reload what it just stored.
+        self._wrote_last = True
