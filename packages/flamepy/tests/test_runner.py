@@ -1,0 +1,392 @@
+"""The Runner against a real local cluster: packaging, installation, calls, cleanup.
+
+User code lives in a module written into a temporary project directory; the
+Runner packages that directory, so the executor imports the module from the
+uploaded package exactly as it would for a user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pyarrow.flight as flight
+import pytest
+
+import flamepy
+from flame_testkit import ClusterThread, LocalClusterConfig
+from flamepy import (
+    AlreadyExistsError,
+    AsyncRunner,
+    ConfigError,
+    InvalidArgumentError,
+    NotFoundError,
+    RemoteError,
+    Runner,
+)
+from flamepy._errors import RemoteTraceback
+
+WAIT = 60.0
+
+USERLIB = '''
+import os
+import threading
+
+
+def add(a, b):
+    return a + b
+
+
+def total(values):
+    """Sum numbers found in nested lists, tuples and dicts."""
+    if isinstance(values, dict):
+        return sum(total(v) for v in values.values())
+    if isinstance(values, (list, tuple)):
+        return sum(total(v) for v in values)
+    return values
+
+
+def describe(a, b=0, *, scale=1):
+    return (a + b) * scale
+
+
+def listing():
+    root = os.environ["FLAME_PACKAGE_SRC"]
+    return sorted(
+        os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs
+    )
+
+
+def version():
+    return VERSION
+
+
+VERSION = 1
+
+
+class Counter:
+    def __init__(self, c=0):
+        self._count = c
+
+    def add(self, a):
+        self._count += a
+
+    def get_counter(self):
+        return self._count
+
+
+class MyError(Exception):
+    pass
+
+
+def fail(text):
+    raise MyError(text)
+
+
+class Unpicklable(Exception):
+    def __init__(self):
+        super().__init__("holds a lock")
+        self.lock = threading.Lock()
+
+
+def fail_unpicklable():
+    raise Unpicklable()
+
+
+class Holder:
+    def __init__(self):
+        self.config = {"name": "x", "guard": threading.Lock()}
+
+    def ping(self):
+        return "pong"
+'''
+
+
+@pytest.fixture
+def project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flame_env: ClusterThread
+) -> Iterator[tuple[Path, ModuleType]]:
+    """A project directory holding a fresh copy of the user library, as the cwd."""
+    name = f"userlib_{uuid.uuid4().hex[:8]}"
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / f"{name}.py").write_text(USERLIB)
+    monkeypatch.chdir(root)
+    monkeypatch.syspath_prepend(str(root))
+    module = importlib.import_module(name)
+    yield root, module
+    sys.modules.pop(name, None)
+
+
+def _app() -> str:
+    return f"rt-{uuid.uuid4().hex[:8]}"
+
+
+def test_the_snippet_prints_3_4_14_28(project: tuple[Path, ModuleType]) -> None:
+    _, lib = project
+    with Runner(_app()) as rr:
+        assert rr.service(lib.add)(1, 2).get(WAIT) == 3
+        c = rr.service(lib.Counter)
+        c.add(1)
+        c.add(3)
+        assert c.get_counter().get(WAIT) == 4
+        o = rr.service(lib.Counter(10))
+        o.add(1)
+        o.add(3)
+        r = o.get_counter()
+        assert r.get(WAIT) == 14
+        o.add(r)
+        assert o.get_counter().get(WAIT) == 28
+
+
+def test_the_snippet_with_async_runner(project: tuple[Path, ModuleType]) -> None:
+    _, lib = project
+
+    async def main() -> list[int]:
+        async with AsyncRunner(_app()) as rr:
+            out = [await rr.service(lib.add)(1, 2)]
+            c = rr.service(lib.Counter)
+            c.add(1)
+            c.add(3)
+            out.append(await c.get_counter())
+            o = rr.service(lib.Counter(10))
+            o.add(1)
+            o.add(3)
+            r = o.get_counter()
+            out.append(await r)
+            o.add(r)
+            out.append(await o.get_counter())
+            return out
+
+    assert asyncio.run(main()) == [3, 4, 14, 28]
+
+
+def test_class_instantiated_remotely_with_constructor_arguments(
+    project: tuple[Path, ModuleType],
+) -> None:
+    _, lib = project
+    with Runner(_app()) as rr:
+        assert rr.service(lib.Counter, args=(5,)).get_counter().get(WAIT) == 5
+        kw = rr.service(lib.Counter, kwargs={"c": 7})
+        kw.add(1)
+        assert kw.get_counter().get(WAIT) == 8
+        assert kw.methods == ["add", "get_counter"]
+        with pytest.raises(InvalidArgumentError, match="only valid for a class"):
+            rr.service(lib.add, args=(1,))
+
+
+def test_keyword_arguments(project: tuple[Path, ModuleType]) -> None:
+    _, lib = project
+    with Runner(_app()) as rr:
+        describe = rr.service(lib.describe)
+        assert describe(1, b=2, scale=10).get(WAIT) == 30
+        assert describe(a=4).get(WAIT) == 4
+
+
+def test_nested_futures_as_arguments(project: tuple[Path, ModuleType]) -> None:
+    _, lib = project
+    with Runner(_app()) as rr:
+        add = rr.service(lib.add)
+        total = rr.service(lib.total)
+        a, b, c = add(1, 2), add(10, 20), add(100, 200)
+        ref = rr.put_object(1000)
+        nested = total([a, (b, {"k": c}), {"ref": ref}])
+        assert nested.get(WAIT) == 1333
+        chained = add(add(add(1, 1), 1), a)  # a chain of futures
+        assert chained.get(WAIT) == 6
+        assert isinstance(a.ref(), flamepy.ObjectRef)
+
+
+def test_runner_helpers_get_wait_select(project: tuple[Path, ModuleType]) -> None:
+    _, lib = project
+    with Runner(_app()) as rr:
+        add = rr.service(lib.add)
+        futures = [add(i, i) for i in range(10)]
+        rr.wait(futures, WAIT)
+        assert all(f.done() for f in futures)
+        assert rr.get(futures, WAIT) == [2 * i for i in range(10)]
+        assert sorted(f.get() for f in rr.select(futures, WAIT)) == [2 * i for i in range(10)]
+        refs = rr.ref(futures[:2])
+        assert flamepy.get_object(refs[1]) == 2
+
+
+def test_excludes_and_flameignore_are_honoured(project: tuple[Path, ModuleType]) -> None:
+    root, lib = project
+    (root / "data").mkdir()
+    (root / "data" / "big.bin").write_bytes(b"0" * 1000)
+    (root / "data" / "keep.txt").write_text("keep")
+    (root / "secret.txt").write_text("s")
+    (root / "notes.md").write_text("n")
+    (root / ".flameignore").write_text("data/*\n!data/keep.txt\n")
+    (root / "__pycache__").mkdir(exist_ok=True)
+    (root / "__pycache__" / "x.pyc").write_bytes(b"c")
+    with Runner(_app(), excludes=["secret.txt"]) as rr:
+        received = rr.service(lib.listing)().get(WAIT)
+    assert f"{lib.__name__}.py" in received and "notes.md" in received
+    assert "data/keep.txt" in received and "pyproject.toml" in received  # generated
+    for excluded in ("data/big.bin", "secret.txt", "__pycache__/x.pyc"):
+        assert excluded not in received
+
+
+def test_unchanged_tree_is_not_uploaded_again(
+    project: tuple[Path, ModuleType], tmp_path: Path, flame_connection: flamepy.Connection
+) -> None:
+    _, lib = project
+    store = tmp_path / "store"
+    store.mkdir()
+    name = _app()
+    first = Runner(name, storage=store.as_uri())
+    try:
+        assert first.package_uploaded
+        package = Path(first.package_url.removeprefix("file://"))  # type: ignore[union-attr]
+        stamp = package.stat().st_mtime_ns
+        # The registration is lost (an operator removed it); the package is still there.
+        flame_connection.unregister_application(name)
+        with Runner(name, storage=store.as_uri()) as second:
+            assert second.package_url == first.package_url
+            assert not second.package_uploaded
+            assert second.service(lib.add)(2, 2).get(WAIT) == 4
+        assert package.stat().st_mtime_ns == stamp
+        assert package.exists()  # not the second Runner's to delete
+    finally:
+        first.close()
+    assert not package.exists()  # its uploader deleted it
+
+
+def test_edited_module_runs_the_new_code(project: tuple[Path, ModuleType]) -> None:
+    root, lib = project
+    with Runner(_app()) as rr:
+        assert rr.service(lib.version)().get(WAIT) == 1
+        first_url = rr.package_url
+    source = root / f"{lib.__name__}.py"
+    source.write_text(source.read_text().replace("VERSION = 1", "VERSION = 2"))
+    importlib.reload(lib)
+    with Runner(_app()) as rr:
+        assert rr.package_url != first_url  # a new content hash
+        assert rr.service(lib.version)().get(WAIT) == 2
+
+
+def test_remote_exception_keeps_its_type_and_traceback(project: tuple[Path, ModuleType]) -> None:
+    _, lib = project
+    with Runner(_app()) as rr:
+        future = rr.service(lib.fail)("bad input")
+        with pytest.raises(lib.MyError, match="bad input") as info:
+            future.get(WAIT)
+        cause = info.value.__cause__
+        assert isinstance(cause, RemoteTraceback)
+        assert "in fail" in cause.text and "raise MyError(text)" in cause.text
+        assert isinstance(future.exception(WAIT), lib.MyError)
+        with pytest.raises(RemoteError) as remote:
+            rr.service(lib.fail_unpicklable)().get(WAIT)
+        assert remote.value.type_name.endswith("Unpicklable")
+        assert "holds a lock" in remote.value.message
+
+
+def test_unpicklable_service_fails_before_submission(
+    project: tuple[Path, ModuleType], flame_connection: flamepy.Connection
+) -> None:
+    _, lib = project
+    name = _app()
+    with Runner(name) as rr:
+        with pytest.raises(InvalidArgumentError) as info:
+            rr.service(lib.Holder())
+        assert "Holder.config['guard']" in info.value.message
+        assert "lock" in info.value.message
+        assert not [s for s in flame_connection.list_sessions() if s.application == name]
+
+
+def test_missing_template_is_a_clear_error(project: tuple[Path, ModuleType]) -> None:
+    with pytest.raises(NotFoundError, match="'no-such-template' is not registered"):
+        Runner(_app(), template="no-such-template")
+
+
+def test_missing_storage_directory_is_a_clear_error(
+    project: tuple[Path, ModuleType], tmp_path: Path
+) -> None:
+    missing = tmp_path / "nope"
+    with pytest.raises(ConfigError, match="does not exist"):
+        Runner(_app(), storage=missing.as_uri())
+
+
+def test_duplicate_name_with_fail_if_exists(project: tuple[Path, ModuleType]) -> None:
+    name = _app()
+    with Runner(name):
+        with pytest.raises(AlreadyExistsError, match=name):
+            Runner(name, fail_if_exists=True)
+        with Runner(name) as reused:  # reuse without taking ownership
+            assert reused.package_url is None
+
+
+def test_nothing_is_left_after_exit(
+    project: tuple[Path, ModuleType],
+    tmp_path: Path,
+    flame_connection: flamepy.Connection,
+    flame_env: ClusterThread,
+) -> None:
+    _, lib = project
+    store = tmp_path / "store"
+    store.mkdir()
+    name = _app()
+    with Runner(name, storage=store.as_uri()) as rr:
+        o = rr.service(lib.Counter(1))
+        o.add(1)
+        rr.put_object({"shared": True})
+        assert o.get_counter().get(WAIT) == 2
+        sessions = [s.id for s in flame_connection.list_sessions() if s.application == name]
+    assert flame_connection.get_application(name) is None
+    assert list(store.iterdir()) == []
+    client = flight.FlightClient(flame_env.cache_endpoint)
+    keys = [info.descriptor.path[0].decode() for info in client.list_flights()]
+    assert not [k for k in keys if k.startswith(f"{name}/")]
+    deadline = time.monotonic() + 30
+    while [e for e in flame_connection.list_executors() if e.session_id in sessions]:
+        assert time.monotonic() < deadline, "instances outlived the Runner"
+        time.sleep(0.1)
+
+
+def test_failure_inside_with_block_still_cleans_up(
+    project: tuple[Path, ModuleType], flame_connection: flamepy.Connection
+) -> None:
+    _, lib = project
+    name = _app()
+    with pytest.raises(RuntimeError, match="user bug"), Runner(name) as rr:
+        rr.service(lib.add)(1, 1).get(WAIT)
+        raise RuntimeError("user bug")
+    assert flame_connection.get_application(name) is None
+
+
+def test_thousand_futures_in_flight_need_no_threads(project: tuple[Path, ModuleType]) -> None:
+    _, lib = project
+    with Runner(_app()) as rr:
+        add = rr.service(lib.add)
+        add(0, 0).get(WAIT)  # warm up: session, instance, pools
+        before = threading.active_count()
+        futures = [add(i, 1) for i in range(1000)]
+        during = threading.active_count()
+        assert rr.get(futures, WAIT) == [i + 1 for i in range(1000)]
+    assert during - before <= 2
+
+
+def test_dependencies_do_not_deadlock_with_one_slot(
+    project: tuple[Path, ModuleType], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, lib = project
+    with ClusterThread(LocalClusterConfig(capacity=1, delay_release=1)) as small:
+        monkeypatch.setenv("FLAME_ENDPOINT", small.endpoint)
+        monkeypatch.setenv("FLAME_CACHE_ENDPOINT", small.cache_endpoint or "")
+        with Runner(_app()) as rr:
+            add = rr.service(lib.add)
+            counter = rr.service(lib.Counter(0))  # keeps an instance while idle
+            first = add(1, 2)
+            counter.add(first)  # waits for `first` on the client, not on an executor
+            second = add(counter.get_counter(), 10)
+            assert second.get(WAIT) == 13
+            assert counter.get_counter().get(WAIT) == 3
+    assert small.leftover_processes() == []
