@@ -356,9 +356,14 @@ def test_failure_inside_with_block_still_cleans_up(
 ) -> None:
     _, lib = project
     name = _app()
-    with pytest.raises(RuntimeError, match="user bug"), Runner(name) as rr:
-        rr.service(lib.add)(1, 1).get(WAIT)
-        raise RuntimeError("user bug")
+
+    def use_and_fail() -> None:
+        with Runner(name) as rr:
+            rr.service(lib.add)(1, 1).get(WAIT)
+            raise RuntimeError("user bug")
+
+    with pytest.raises(RuntimeError, match="user bug"):
+        use_and_fail()
     assert flame_connection.get_application(name) is None
 
 
