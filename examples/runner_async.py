@@ -1,6 +1,6 @@
 """The same with asyncio: ``AsyncRunner`` and awaitable futures.
 
-    uv run python examples/runner_async.py
+uv run python examples/runner_async.py
 """
 
 import asyncio

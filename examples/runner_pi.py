@@ -1,6 +1,6 @@
 """Estimate pi with many remote Monte Carlo samples, gathered in completion order.
 
-    uv run python examples/runner_pi.py [samples-per-task] [tasks]
+uv run python examples/runner_pi.py [samples-per-task] [tasks]
 """
 
 import random
