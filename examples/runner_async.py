@@ -8,7 +8,7 @@ import asyncio
 from flamepy import AsyncRunner
 
 
-def sum(a: int, b: int) -> int:  # noqa: A001
+def sum(a: int, b: int) -> int:
     return a + b
 
 

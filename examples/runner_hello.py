@@ -8,7 +8,7 @@ It prints 3, 4, 14 and 28.
 from flamepy import Runner
 
 
-def sum(a: int, b: int) -> int:  # noqa: A001 - the name of the documented example
+def sum(a: int, b: int) -> int:
     return a + b
 
 
