@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 
@@ -395,3 +396,70 @@ def test_dependencies_do_not_deadlock_with_one_slot(
             assert second.get(WAIT) == 13
             assert counter.get_counter().get(WAIT) == 3
     assert small.leftover_processes() == []
+
+
+def test_size_budget_lists_the_largest_entries(project: tuple[Path, ModuleType]) -> None:
+    root, _ = project
+    (root / "model.bin").write_bytes(b"\0" * 300_000)
+    (root / "small.txt").write_text("s")
+    with pytest.raises(InvalidArgumentError) as info:
+        Runner(_app(), size_budget=100_000)
+    message = info.value.message
+    assert "over the 0.1 MB budget" in message
+    assert message.index("model.bin") < message.index("small.txt")
+    assert ".flameignore" in message  # says how to fix it
+
+
+class _PackageStore(BaseHTTPRequestHandler):
+    """A tiny HTTP package store: PUT, HEAD, GET and DELETE of files in memory."""
+
+    files: dict[str, bytes] = {}
+    log: list[str] = []
+
+    def _reply(self, status: int, body: bytes = b"") -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_PUT(self) -> None:
+        self.log.append(f"PUT {self.path}")
+        self.files[self.path] = self.rfile.read(int(self.headers["Content-Length"]))
+        self._reply(201)
+
+    def do_HEAD(self) -> None:
+        self._reply(200 if self.path in self.files else 404)
+
+    def do_GET(self) -> None:
+        self.log.append(f"GET {self.path}")
+        data = self.files.get(self.path)
+        self._reply(200, data) if data is not None else self._reply(404)
+
+    def do_DELETE(self) -> None:
+        self.log.append(f"DELETE {self.path}")
+        self._reply(204 if self.files.pop(self.path, None) is not None else 404)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_http_package_storage(project: tuple[Path, ModuleType]) -> None:
+    _, lib = project
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _PackageStore)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/packages/"
+    try:
+        with Runner(_app(), storage=base) as rr:
+            assert rr.package_url is not None and rr.package_url.startswith(base)
+            assert rr.service(lib.add)(20, 22).get(WAIT) == 42
+            path = rr.package_url.removeprefix(f"http://127.0.0.1:{server.server_address[1]}")
+            assert path in _PackageStore.files
+        assert f"PUT {path}" in _PackageStore.log
+        assert f"GET {path}" in _PackageStore.log  # the executor manager downloaded it
+        assert f"DELETE {path}" in _PackageStore.log and path not in _PackageStore.files
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)

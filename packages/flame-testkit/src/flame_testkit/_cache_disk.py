@@ -39,6 +39,7 @@ from flame_testkit._cache_store import (
     binary_cell,
     is_native,
 )
+from flamepy._cache_codec import uint64_array
 
 log = logging.getLogger("flame_testkit.cache")
 
@@ -235,7 +236,8 @@ def binary_chunks(array: pa.Array) -> list[pa.Buffer]:
 
 
 def _opaque_batch(version: int, data: bytes) -> pa.RecordBatch:
-    return pa.record_batch([pa.array([version], pa.uint64()), binary_cell(data)], UPLOAD_SCHEMA)
+    columns = [uint64_array(version), binary_cell(data)]
+    return pa.RecordBatch.from_arrays(columns, schema=UPLOAD_SCHEMA)
 
 
 def _read_file(path: Path) -> tuple[pa.Schema, list[pa.RecordBatch]]:

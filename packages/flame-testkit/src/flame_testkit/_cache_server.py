@@ -52,6 +52,7 @@ from flame_testkit._cache_store import (
     parse_key,
 )
 from flamepy._bson import encode
+from flamepy._cache_codec import uint64_array, utf8_array
 
 log = logging.getLogger("flame_testkit.cache")
 
@@ -277,8 +278,8 @@ def _rows(result: GetResult) -> Iterator[pa.RecordBatch]:
 
 
 def _row(version: int, kind: str, data: bytes) -> pa.RecordBatch:
-    columns = [pa.array([version], pa.uint64()), pa.array([kind], pa.utf8()), binary_cell(data)]
-    return pa.record_batch(columns, schema=RESPONSE_SCHEMA)
+    columns = [uint64_array(version), utf8_array(kind), binary_cell(data)]
+    return pa.RecordBatch.from_arrays(columns, schema=RESPONSE_SCHEMA)
 
 
 class CacheServer:

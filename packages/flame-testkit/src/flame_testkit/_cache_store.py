@@ -21,6 +21,8 @@ from typing import Literal, Protocol
 
 import pyarrow as pa
 
+from flamepy._cache_codec import binary_array
+
 log = logging.getLogger("flame_testkit.cache")
 
 DEFAULT_MAX_MEMORY = 1 << 30
@@ -89,8 +91,7 @@ def binary_cell(data: bytes) -> pa.Array:
 
     Binary uses 32-bit offsets, so ``data`` must be shorter than 2 GiB.
     """
-    offsets = pa.array([0, len(data)], pa.int32()).buffers()[1]
-    return pa.Array.from_buffers(pa.binary(), 1, [None, offsets, pa.py_buffer(data)])
+    return binary_array(data)
 
 
 @dataclass(frozen=True)

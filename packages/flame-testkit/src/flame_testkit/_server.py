@@ -14,6 +14,13 @@ log = logging.getLogger("flame_testkit.server")
 
 DEFAULT_HOST = "127.0.0.1"
 STOP_GRACE = 2.0
+SERVER_OPTIONS = (
+    ("grpc.so_reuseport", 0),
+    # gRPC cancels calls once more than ~1000 wait for a handler; a burst of task
+    # submissions from one client can exceed that while the loop is busy.
+    ("grpc.server.max_pending_requests", 100_000),
+    ("grpc.server.max_pending_requests_hard_limit", 200_000),
+)
 
 
 class FrontendServer:
@@ -40,7 +47,7 @@ class FrontendServer:
         return f"{scheme}://{self.host}:{self.port}"
 
     async def start(self) -> None:
-        server = grpc.aio.server(options=(("grpc.so_reuseport", 0),))
+        server = grpc.aio.server(options=SERVER_OPTIONS)
         frontend_pb2_grpc.add_FrontendServicer_to_server(self.servicer, server)  # type: ignore[no-untyped-call]
         address = f"{self.host}:{self._requested_port}"
         if self._tls is not None:

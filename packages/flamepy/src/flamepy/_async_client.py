@@ -58,6 +58,11 @@ from flamepy.proto import frontend_pb2_grpc, types_pb2
 log = logging.getLogger("flamepy.client")
 T = TypeVar("T")
 
+MAX_UNARY_IN_FLIGHT = 256
+"""Unary Frontend calls one connection has in flight; more wait their turn.  Servers
+cancel calls beyond their own pending limit, so a burst must not reach them whole."""
+MAX_WATCHES = 2048
+"""WatchTask streams one connection holds open; more tasks wait for a slot."""
 DEFAULT_RPC_TIMEOUT = 60.0
 """Deadline for every unary Frontend call, so that no call can hang."""
 REWATCH_DELAY = 0.05
@@ -100,6 +105,8 @@ class AsyncConnection:
         self._channel = channel
         self._stub = frontend_pb2_grpc.FrontendStub(channel)  # type: ignore[no-untyped-call]
         self.rpc_timeout = DEFAULT_RPC_TIMEOUT
+        self._unary_slots = asyncio.Semaphore(MAX_UNARY_IN_FLIGHT)
+        self._watch_slots = asyncio.Semaphore(MAX_WATCHES)
 
     @classmethod
     async def connect(
@@ -129,7 +136,8 @@ class AsyncConnection:
 
     async def _unary(self, what: str, call: Callable[..., Awaitable[T]], request: Any) -> T:
         try:
-            return await call(request, timeout=self.rpc_timeout)
+            async with self._unary_slots:
+                return await call(request, timeout=self.rpc_timeout)
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, what) from exc
 
@@ -291,6 +299,11 @@ class AsyncConnection:
         because the watch stream usually carries no failure events.
         """
         what = f"WatchTask({session_id}/{task_id})"
+        async with self._watch_slots:
+            async for task in self._watch(what, session_id, task_id):
+                yield task
+
+    async def _watch(self, what: str, session_id: str, task_id: str) -> AsyncIterator[Task]:
         while True:
             call = self._stub.WatchTask(
                 fe.WatchTaskRequest(task_id=str(task_id), session_id=session_id)

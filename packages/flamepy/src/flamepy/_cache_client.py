@@ -24,13 +24,16 @@ from flamepy import _bson
 from flamepy._cache_codec import (
     UPLOAD_SCHEMA,
     Native,
+    binary_array,
     decode_native,
     decode_opaque,
+    empty_batch,
     encode,
     encode_opaque,
     is_native_schema,
     native_upload_table,
     native_version,
+    uint64_array,
 )
 from flamepy._errors import (
     ConfigError,
@@ -236,12 +239,11 @@ class CacheClient:
                 f"object of {payload.size} bytes exceeds the cache's 2 GiB limit for one "
                 "object; split it, or store it as a pyarrow Table"
             )
-        version = pa.array([0], pa.uint64())
+        version = uint64_array(0)
         offset = 0
         while True:
             piece = payload.slice(offset, min(chunk, payload.size - offset))
-            offsets = pa.py_buffer(pa.array([0, piece.size], pa.int32()).buffers()[1])
-            data = pa.Array.from_buffers(pa.binary(), 1, [None, offsets, piece])
+            data = binary_array(piece)
             yield pa.RecordBatch.from_arrays([version, data], schema=UPLOAD_SCHEMA)
             offset += piece.size
             if offset >= payload.size:
@@ -251,7 +253,7 @@ class CacheClient:
         descriptor = flight.FlightDescriptor.for_path(key)
         if isinstance(payload, Native):
             table = native_upload_table(payload)
-            batches = table.to_batches() or [pa.RecordBatch.from_pylist([], schema=table.schema)]
+            batches = table.to_batches() or [empty_batch(table.schema)]
             result = self._call(what, lambda: self._do_put(descriptor, table.schema, iter(batches)))
         else:
             result = self._call(
@@ -288,12 +290,12 @@ class CacheClient:
             raise InvalidArgumentError(f"upload_object: {source} is not a file")
 
         def chunks() -> Iterator[pa.RecordBatch]:
-            version = pa.array([0], pa.uint64())
+            version = uint64_array(0)
             with source.open("rb") as fh:
                 while True:
                     data = fh.read(FILE_CHUNK)
                     yield pa.RecordBatch.from_arrays(
-                        [version, pa.array([data], pa.binary())], schema=UPLOAD_SCHEMA
+                        [version, binary_array(data)], schema=UPLOAD_SCHEMA
                     )
                     if len(data) < FILE_CHUNK:
                         return

@@ -9,6 +9,7 @@ values are not copied more than once on the way in or out.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,8 +162,42 @@ def decode_native(table: pa.Table) -> Any:
     return table
 
 
+# ``pa.array(<python list>)`` probes for pandas and so imports it (about a second);
+# the small arrays of the cache protocol are built from buffers instead.
+
+
+def uint64_array(*values: int) -> pa.Array:
+    data = pa.py_buffer(struct.pack(f"<{len(values)}Q", *values))
+    return pa.Array.from_buffers(pa.uint64(), len(values), [None, data])
+
+
+def binary_array(*cells: bytes | pa.Buffer, kind: pa.DataType | None = None) -> pa.Array:
+    """Binary (or utf8) cells; a single cell wraps its buffer without a copy."""
+    sizes = [c.size if isinstance(c, pa.Buffer) else len(c) for c in cells]
+    bounds = [0]
+    for size in sizes:
+        bounds.append(bounds[-1] + size)
+    offsets = pa.py_buffer(struct.pack(f"<{len(bounds)}i", *bounds))
+    if len(cells) == 1:
+        data = cells[0] if isinstance(cells[0], pa.Buffer) else pa.py_buffer(cells[0])
+    else:
+        data = pa.py_buffer(
+            b"".join(c.to_pybytes() if isinstance(c, pa.Buffer) else c for c in cells)
+        )
+    return pa.Array.from_buffers(kind or pa.binary(), len(cells), [None, offsets, data])
+
+
+def utf8_array(*texts: str) -> pa.Array:
+    return binary_array(*(t.encode() for t in texts), kind=pa.utf8())
+
+
+def empty_batch(schema: pa.Schema) -> pa.RecordBatch:
+    """A zero-row batch."""
+    return pa.RecordBatch.from_arrays([pa.nulls(0, f.type) for f in schema], schema=schema)
+
+
 def _empty_batch(table: pa.Table) -> pa.RecordBatch:
-    return pa.RecordBatch.from_pylist([], schema=table.schema)
+    return empty_batch(table.schema)
 
 
 def native_version(schema: pa.Schema) -> int:
