@@ -31,6 +31,7 @@ import contextvars
 import inspect
 import logging
 import os
+import queue
 import signal
 import stat
 import sys
@@ -140,13 +141,35 @@ def _remove_own_socket(path: str, inode: int | None) -> None:
         logger.warning("could not remove socket file %s: %s", path, exc)
 
 
-async def _in_worker_thread(func: Callable[[], _T]) -> _T:
-    """Run ``func`` in a new daemon thread and await its result.
+class _Worker:
+    """One daemon thread that runs the service's plain (non-async) hooks in turn.
 
-    Unlike :func:`asyncio.to_thread`, the thread is a daemon: a service call that never
-    returns does not keep the process (or ``asyncio.run``'s executor shutdown) waiting
-    after the server has stopped.
+    Hooks run one at a time anyway (the servicer holds a lock), so one long-lived
+    thread serves them all instead of a thread per call.  It is a daemon: a hook
+    that never returns does not keep the process alive after the server stopped.
     """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._main, name="flmrun-worker", daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        while True:
+            self._jobs.get()()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+
+
+_worker: _Worker | None = None
+
+
+async def _in_worker_thread(func: Callable[[], _T]) -> _T:
+    """Run ``func`` on the worker thread and await its result."""
+    global _worker
+    if _worker is None:
+        _worker = _Worker()
     loop = asyncio.get_running_loop()
     future: asyncio.Future[_T] = loop.create_future()
     ctx = contextvars.copy_context()
@@ -159,7 +182,7 @@ async def _in_worker_thread(func: Callable[[], _T]) -> _T:
         if not future.done():
             future.set_exception(exc)
 
-    def target() -> None:
+    def job() -> None:
         # RuntimeError from call_soon_threadsafe: the loop is closed, nobody waits any more.
         try:
             value = ctx.run(func)
@@ -170,8 +193,7 @@ async def _in_worker_thread(func: Callable[[], _T]) -> _T:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(deliver_result, value)
 
-    name = getattr(func, "__qualname__", "call")
-    threading.Thread(target=target, name=f"flmrun-{name}", daemon=True).start()
+    _worker.submit(job)
     return await future
 
 
