@@ -3,21 +3,28 @@
 * ``lint``: ruff check, ruff format --check, mypy (strict).
 * ``tests``: every package's tests; ``tests-flamepy``, ``tests-flmrun`` and
   ``tests-testkit`` run one package each.
+* ``conformance``: wire conformance with Flame's own SDK (flamepy 0.6.0 from PyPI, in
+  an isolated venv beside the session's), ``conformance/``.
 * ``protos``: regenerate flamepy's committed gRPC stubs.
+* ``bench`` / ``bench-quick``: the Runner vs Ray vs Dask suite (``bench/run.py``);
+  not in the default set.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import nox
 
 nox.options.default_venv_backend = "uv"
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "tests", "conformance"]
 
 PYTHON = "3.11"
+PEER_FLAMEPY = "flamepy==0.6.0"
+"""The reference peer of the conformance tests: Flame's own published Python SDK."""
 PACKAGES = {
     "flamepy": "packages/flamepy/tests",
     "flmrun": "packages/flmrun/tests",
@@ -65,9 +72,52 @@ for _name, _path in PACKAGES.items():
 
 
 @nox.session(python=PYTHON)
+def conformance(session: nox.Session) -> None:
+    """Our SDK, runner and testkit against Flame's own SDK, both ways (conformance/).
+
+    The peer gets its own venv (``<session venv>/../conformance-peer``), never the
+    workspace's: the tests run its python as separate processes (FLAME_PEER_PYTHON).
+    """
+    sync(session)
+    peer = Path(session.virtualenv.location).parent / "conformance-peer"
+    peer_python = peer / "bin" / "python"
+    env = {"UV_PYTHON_DOWNLOADS": "never"}
+    session.run_install("uv", "venv", "--clear", "--quiet", "-p", "python3.11", str(peer), env=env)
+    session.run_install(
+        "uv", "pip", "install", "--python", str(peer_python), PEER_FLAMEPY, "numpy", env=env
+    )
+    session.run(
+        "pytest",
+        "conformance/",
+        "-p",
+        "no:cacheprovider",
+        *session.posargs,
+        env={"FLAME_PEER_PYTHON": str(peer_python)},
+    )
+
+
+@nox.session(python=PYTHON)
 def protos(session: nox.Session) -> None:
     sync(session)
     session.run("python", "packages/flamepy/scripts/gen_protos.py")
+
+
+def _bench(session: nox.Session, *args: str) -> None:
+    sync(session)
+    session.install("ray", "distributed")
+    session.run("python", "bench/run.py", *args, *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Runner vs Ray vs Dask, full sizes and 5 repeats (long: take it on an idle machine)."""
+    _bench(session)
+
+
+@nox.session(python=PYTHON, name="bench-quick")
+def bench_quick(session: nox.Session) -> None:
+    """The same suite at small sizes, once: checks that every metric gives a number."""
+    _bench(session, "--quick")
 
 
 if os.environ.get("CI"):

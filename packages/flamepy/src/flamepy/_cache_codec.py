@@ -9,6 +9,8 @@ values are not copied more than once on the way in or out.
 
 from __future__ import annotations
 
+import io
+import pickle
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -208,15 +210,45 @@ def native_version(schema: pa.Schema) -> int:
         return 0
 
 
+class BsonInt64(int):
+    """Stands in for pymongo's ``bson.int64.Int64`` when pymongo is not installed.
+
+    Flame's own SDK decodes BSON with pymongo, so the ObjectRef versions it got from a
+    PutResult (int64) are ``bson.int64.Int64``, and its pickles (Runner requests
+    passing such refs) name that class.
+    """
+
+
+class _CompatUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except ImportError:
+            if (module, name) == ("bson.int64", "Int64"):
+                return BsonInt64
+            raise
+
+
+def unpickle(data: pa.Buffer | bytes | bytearray | memoryview) -> Any:
+    """``cloudpickle.loads``, also accepting pickles that name ``bson.int64.Int64``
+    when pymongo is not installed here (see :class:`BsonInt64`)."""
+    try:
+        return cloudpickle.loads(data)
+    except ModuleNotFoundError as exc:
+        if exc.name != "bson" and not (exc.name or "").startswith("bson."):
+            raise
+    return _CompatUnpickler(io.BytesIO(memoryview(data))).load()
+
+
 def decode_opaque(data: pa.Buffer | bytes | memoryview) -> Any:
     """Decode a ``data`` cell: FLM-prefixed bodies, or an older plain pickle."""
     buf = data if isinstance(data, pa.Buffer) else pa.py_buffer(data)
     if buf.size < 4:
-        return cloudpickle.loads(buf)
+        return unpickle(buf)
     magic = buf[:4].to_pybytes()
     body = buf.slice(4)
     if magic == MAGIC_PICKLE:
-        return cloudpickle.loads(body)
+        return unpickle(body)
     if magic == MAGIC_TENSOR:
         return pa.ipc.read_tensor(pa.BufferReader(body)).to_numpy()
     if magic in (MAGIC_TABLE, MAGIC_BATCH, MAGIC_ARRAY):
@@ -226,7 +258,7 @@ def decode_opaque(data: pa.Buffer | bytes | memoryview) -> Any:
         if magic == MAGIC_BATCH:
             return table.combine_chunks().to_batches()[0] if table.num_rows else _empty_batch(table)
         return table.column("data").combine_chunks()
-    return cloudpickle.loads(buf)  # an older, un-prefixed pickle
+    return unpickle(buf)  # an older, un-prefixed pickle
 
 
 def payload_size(value: Native | pa.Buffer) -> int:

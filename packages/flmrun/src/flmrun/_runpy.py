@@ -22,7 +22,7 @@ from typing import Any
 
 import cloudpickle
 
-from flamepy._cache_codec import encode_opaque
+from flamepy._cache_codec import encode_opaque, unpickle
 from flamepy.core.cache import ObjectRef, get_object, put_object, update_object
 from flamepy.runner.types import (
     ERROR_RESULT_MAGIC,
@@ -126,7 +126,7 @@ class RunpyService(FlameService):
 
     def _load_context(self, ref: ObjectRef) -> None:
         data = get_object(ref)
-        value = cloudpickle.loads(data) if isinstance(data, (bytes, bytearray)) else data
+        value = unpickle(data) if isinstance(data, (bytes, bytearray)) else data
         if not isinstance(value, RunnerContext):
             raise TypeError(f"common data holds a {type(value).__name__}, not a RunnerContext")
         self._context = value
@@ -160,7 +160,7 @@ class RunpyService(FlameService):
             raise RuntimeError("no session context: on_session_enter did not succeed")
         if context.input is None:
             raise ValueError("task input is missing")
-        request = cloudpickle.loads(context.input)
+        request = unpickle(context.input)
         if not isinstance(request, RunnerRequest):
             raise TypeError(f"task input holds a {type(request).__name__}, not a RunnerRequest")
         request.validate()
