@@ -160,9 +160,24 @@ def _assert_sequential(spans: list[tuple[float, float]]) -> None:
 
 
 def test_one_task_at_a_time_per_instance_and_max_instances(conn: Connection) -> None:
-    ssn = _session(conn, max_instances=2)
+    ssn = _session(conn, min_instances=2, max_instances=2)
     try:
-        outputs = [f.result(WAIT) for f in [ssn.run(b"span:0.05") for _ in range(12)]]
+        # Both instances bound and idle first, so that both must take tasks.
+        _eventually(
+            lambda: (
+                len(
+                    [
+                        e
+                        for e in conn.list_executors()
+                        if e.session_id == ssn.id and e.state.name == "BOUND"
+                    ]
+                )
+                == 2
+            ),
+            60,
+        )
+        outputs = [f.result(WAIT) for f in [ssn.run(b"span:0.1") for _ in range(12)]]
+        assert len([e for e in conn.list_executors() if e.session_id == ssn.id]) <= 2
     finally:
         conn.close_session(ssn.id)
     spans = _spans(outputs)
