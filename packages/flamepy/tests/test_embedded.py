@@ -55,3 +55,42 @@ def test_no_endpoint_without_testkit_says_how_to_configure(tmp_path: Path) -> No
     assert proc.returncode == 0, proc.stderr
     assert "ConfigError: no Flame endpoint is configured" in proc.stdout
     assert "FLAME_ENDPOINT" in proc.stdout and "flame.yaml" in proc.stdout
+
+
+KILLED_CLIENT = """
+import flamepy, sys, time
+ssn = flamepy.create_session("flmtest")
+print(ssn.invoke(b"pid", timeout=60).decode(), flush=True)
+time.sleep(120)
+"""
+
+
+def test_instances_die_with_a_killed_client(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_CLIENT],
+        env=_clean_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        instance = int(proc.stdout.readline())
+        os.kill(instance, 0)  # alive while the client is
+        proc.send_signal(signal.SIGKILL)  # no atexit hooks run
+        proc.wait(30)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                os.kill(instance, 0)
+            except ProcessLookupError:
+                break
+            assert time.monotonic() < deadline, "the instance outlived its killed client"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

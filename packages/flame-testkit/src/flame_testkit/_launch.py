@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import re
 import shutil
 import signal
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from flamepy.proto import types_pb2
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 STDERR_TAIL_BYTES = 2000
+PR_SET_PDEATHSIG = 1
 
 
 def expand(text: str, *scopes: Mapping[str, str]) -> str:
@@ -99,6 +102,20 @@ class InstanceDirs:
             shutil.rmtree(self.process_dir, ignore_errors=True)
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: receive SIGKILL when the launching process dies.
+
+    A local cluster lives inside a user's program; if that program is killed (no
+    atexit hooks run), its instances must not live on.  Linux only; elsewhere the
+    cluster's normal shutdown is what stops them.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 async def spawn(
     command: str, args: list[str], *, cwd: Path, env: Mapping[str, str], stdout: Path, stderr: Path
 ) -> asyncio.subprocess.Process:
@@ -113,6 +130,7 @@ async def spawn(
             stdout=out,
             stderr=err,
             start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
 
 
