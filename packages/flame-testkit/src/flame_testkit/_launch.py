@@ -120,6 +120,13 @@ async def spawn(
     command: str, args: list[str], *, cwd: Path, env: Mapping[str, str], stdout: Path, stderr: Path
 ) -> asyncio.subprocess.Process:
     """Start the instance in a new process group with output captured to files."""
+    preexec = None
+    if sys.platform == "linux":
+        setpriv = shutil.which("setpriv")
+        if setpriv:  # util-linux sets the signal and execs: no fork()-time Python code
+            command, args = setpriv, ["--pdeathsig", "KILL", "--", command, *args]
+        else:
+            preexec = _die_with_parent
     with open(stdout, "wb") as out, open(stderr, "wb") as err:  # noqa: ASYNC230 - local
         return await asyncio.create_subprocess_exec(
             command,
@@ -130,7 +137,7 @@ async def spawn(
             stdout=out,
             stderr=err,
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=preexec,
         )
 
 
