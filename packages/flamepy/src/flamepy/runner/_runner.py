@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from flamepy._loop import background_loop
 from flamepy._types import ResourceRequirement
@@ -24,26 +24,30 @@ from flamepy.runner._core import RunnerCore, ServiceCore
 from flamepy.runner._future import AsyncObjectFuture, ObjectFuture, as_completed
 from flamepy.runner._package import DEFAULT_SIZE_BUDGET
 
+FutureT = TypeVar("FutureT", ObjectFuture, AsyncObjectFuture)
 
-class _Method:
+
+class _Method(Generic[FutureT]):
     __slots__ = ("_name", "_service")
+    _service: _ServiceFront[FutureT]
+    _name: str | None
 
-    def __init__(self, service: RunnerService, name: str | None) -> None:
+    def __init__(self, service: _ServiceFront[FutureT], name: str | None) -> None:
         self._service = service
         self._name = name
 
-    def __call__(self, *args: Any, **kwargs: Any) -> ObjectFuture:
+    def __call__(self, *args: Any, **kwargs: Any) -> FutureT:
         return self._service._submit(self._name, args, kwargs)
 
 
-class RunnerService:
-    """A remote function, class or object: each public method returns a future."""
+class _ServiceFront(Generic[FutureT]):
+    """What both service flavours share: one attribute per public method."""
 
-    def __init__(self, runner: Runner, core: ServiceCore) -> None:
-        self._runner = runner
+    def __init__(self, name: str, core: ServiceCore) -> None:
+        self._name = name
         self._core = core
-        for name in core.methods:
-            setattr(self, name, _Method(self, name))
+        for method in core.methods:
+            setattr(self, method, _Method(self, method))
 
     @property
     def session_id(self) -> str:
@@ -53,19 +57,34 @@ class RunnerService:
     def methods(self) -> list[str]:
         return list(self._core.methods)
 
-    def _submit(
-        self, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> ObjectFuture:
-        loop = self._runner._loop
-        future = loop.submit(self._core.call(method, args, kwargs))
-        return ObjectFuture(future, loop, f"{self._runner.name}/{self._core.session_id}")
+    @property
+    def _ref_prefix(self) -> str:
+        return f"{self._name}/{self._core.session_id}"
 
-    def __call__(self, *args: Any, **kwargs: Any) -> ObjectFuture:
+    def _submit(self, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> FutureT:
+        raise NotImplementedError
+
+    def __call__(self, *args: Any, **kwargs: Any) -> FutureT:
         if not self._core.is_function:
             raise TypeError(
                 f"this service wraps an object; call one of its methods: {self._core.methods}"
             )
         return self._submit(None, args, kwargs)
+
+
+class RunnerService(_ServiceFront[ObjectFuture]):
+    """A remote function, class or object: each public method returns a future."""
+
+    def __init__(self, runner: Runner, core: ServiceCore) -> None:
+        super().__init__(runner.name, core)
+        self._runner = runner
+
+    def _submit(
+        self, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> ObjectFuture:
+        loop = self._runner._loop
+        future = loop.submit(self._core.call(method, args, kwargs))
+        return ObjectFuture(future, loop, self._ref_prefix)
 
     def close(self) -> None:
         self._runner._loop.run(self._core.close())
@@ -170,47 +189,19 @@ class Runner:
 FlameRunner = Runner
 
 
-class _AsyncMethod:
-    __slots__ = ("_name", "_service")
-
-    def __init__(self, service: AsyncRunnerService, name: str | None) -> None:
-        self._service = service
-        self._name = name
-
-    def __call__(self, *args: Any, **kwargs: Any) -> AsyncObjectFuture:
-        return self._service._submit(self._name, args, kwargs)
-
-
-class AsyncRunnerService:
+class AsyncRunnerService(_ServiceFront[AsyncObjectFuture]):
     """The asyncio flavour of :class:`RunnerService`; ``await service`` waits for its
     session, and each call returns an :class:`AsyncObjectFuture`."""
 
     def __init__(self, runner: AsyncRunner, core: ServiceCore) -> None:
+        super().__init__(runner.name, core)
         self._runner = runner
-        self._core = core
-        for name in core.methods:
-            setattr(self, name, _AsyncMethod(self, name))
-
-    @property
-    def session_id(self) -> str:
-        return self._core.session_id
-
-    @property
-    def methods(self) -> list[str]:
-        return list(self._core.methods)
 
     def _submit(
         self, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AsyncObjectFuture:
         task = asyncio.ensure_future(self._core.call(method, args, kwargs))
-        return AsyncObjectFuture(task, f"{self._runner.name}/{self._core.session_id}")
-
-    def __call__(self, *args: Any, **kwargs: Any) -> AsyncObjectFuture:
-        if not self._core.is_function:
-            raise TypeError(
-                f"this service wraps an object; call one of its methods: {self._core.methods}"
-            )
-        return self._submit(None, args, kwargs)
+        return AsyncObjectFuture(task, self._ref_prefix)
 
     async def wait_ready(self) -> AsyncRunnerService:
         await self._core.session()
