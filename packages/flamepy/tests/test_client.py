@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -213,8 +214,23 @@ def test_non_bytes_input_is_a_usage_error(session: flamepy.Session) -> None:
 
 
 def test_thousand_tasks_across_two_instances(flame_connection: Connection) -> None:
-    ssn = flame_connection.create_session(SessionAttributes(application=TEST_APP, max_instances=2))
+    ssn = flame_connection.create_session(
+        SessionAttributes(application=TEST_APP, min_instances=2, max_instances=2)
+    )
     try:
+        deadline = time.monotonic() + WAIT  # both instances up before the burst
+        while (
+            len(
+                [
+                    e
+                    for e in flame_connection.list_executors()
+                    if e.session_id == ssn.id and e.state.name == "BOUND"
+                ]
+            )
+            < 2
+        ):
+            assert time.monotonic() < deadline, "two instances did not start"
+            time.sleep(0.05)
         threads_before = threading.active_count()
         futures = [ssn.run(f"who:{i}".encode()) for i in range(1000)]
         threads_during = threading.active_count()

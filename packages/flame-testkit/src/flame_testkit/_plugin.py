@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from flame_testkit._cluster import ClusterThread, LocalClusterConfig
+from flame_testkit._executor import DEFAULT_CAPACITY
 
 TEST_DELAY_RELEASE = 2
 """Idle instances of the test cluster are released after 2 s."""
@@ -22,7 +23,9 @@ TEST_DELAY_RELEASE = 2
 @pytest.fixture(scope="session")
 def flame_cluster_config() -> LocalClusterConfig:
     """Override in a conftest.py to configure :func:`flame_cluster`."""
-    return LocalClusterConfig(delay_release=TEST_DELAY_RELEASE, kill_grace=2.0)
+    return LocalClusterConfig(
+        delay_release=TEST_DELAY_RELEASE, kill_grace=2.0, capacity=max(2, DEFAULT_CAPACITY)
+    )
 
 
 @pytest.fixture(scope="session")
