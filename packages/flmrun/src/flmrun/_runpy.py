@@ -24,6 +24,7 @@ import cloudpickle
 
 from flamepy._cache_codec import encode_opaque, unpickle
 from flamepy.core.cache import ObjectRef, get_object, put_object, update_object
+from flamepy.runner._walk import find, replace
 from flamepy.runner.types import (
     ERROR_RESULT_MAGIC,
     INLINE_RESULT_MAGIC,
@@ -38,34 +39,6 @@ log = logging.getLogger("flmrun.runpy")
 FETCH_THREADS = 8
 INLINE_ATTRIBUTE = "flame_inline_limit"
 PACKAGE_SRC_ENV = "FLAME_PACKAGE_SRC"
-MAX_DEPTH = 32
-
-
-def _walk_refs(value: Any, found: list[ObjectRef], depth: int = 0) -> None:
-    if isinstance(value, ObjectRef):
-        found.append(value)
-    elif depth < MAX_DEPTH and isinstance(value, (list, tuple, set, frozenset)):
-        for item in value:
-            _walk_refs(item, found, depth + 1)
-    elif depth < MAX_DEPTH and isinstance(value, dict):
-        for item in value.values():
-            _walk_refs(item, found, depth + 1)
-
-
-def _replace_refs(value: Any, fetched: dict[int, Any], depth: int = 0) -> Any:
-    if isinstance(value, ObjectRef):
-        return fetched[id(value)]
-    if depth >= MAX_DEPTH:
-        return value
-    if isinstance(value, list):
-        return [_replace_refs(v, fetched, depth + 1) for v in value]
-    if isinstance(value, tuple) and not hasattr(value, "_fields"):
-        return tuple(_replace_refs(v, fetched, depth + 1) for v in value)
-    if isinstance(value, (set, frozenset)):
-        return type(value)(_replace_refs(v, fetched, depth + 1) for v in value)
-    if isinstance(value, dict):
-        return {k: _replace_refs(v, fetched, depth + 1) for k, v in value.items()}
-    return value
 
 
 def _bson_ref(value: bytes) -> ObjectRef | None:
@@ -177,14 +150,12 @@ class RunpyService(FlameService):
         for key, value in kwargs.items():
             if isinstance(value, bytes) and (ref := _bson_ref(value)) is not None:
                 kwargs[key] = ref
-        refs: list[ObjectRef] = []
-        _walk_refs(args, refs)
-        _walk_refs(kwargs, refs)
+        refs = find(kwargs, ObjectRef, find(args, ObjectRef))
         if not refs:
             return args, kwargs
         values = list(self._pool.map(get_object, refs))
         fetched = {id(r): v for r, v in zip(refs, values, strict=True)}
-        return _replace_refs(args, fetched), _replace_refs(kwargs, fetched)
+        return replace(args, ObjectRef, fetched), replace(kwargs, ObjectRef, fetched)
 
     def _target(self, method: str | None) -> Any:
         if method is None:

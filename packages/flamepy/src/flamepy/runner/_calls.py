@@ -30,6 +30,7 @@ from flamepy._errors import (
 )
 from flamepy._types import Task, TaskState
 from flamepy.core.cache import ObjectRef, put_object_async
+from flamepy.runner._walk import find, replace
 from flamepy.runner.types import ERROR_RESULT_MAGIC, INLINE_RESULT_MAGIC, RunnerRequest
 
 log = logging.getLogger("flamepy.runner")
@@ -61,35 +62,6 @@ class Dependency:
 
     async def _call_result(self) -> CallResult:  # pragma: no cover - interface
         raise NotImplementedError
-
-
-def find_dependencies(value: Any, found: list[Dependency], depth: int = 0) -> None:
-    if isinstance(value, Dependency):
-        found.append(value)
-    elif depth < 32 and isinstance(value, (list, tuple, set, frozenset)):
-        for item in value:
-            find_dependencies(item, found, depth + 1)
-    elif depth < 32 and isinstance(value, dict):
-        for item in value.values():
-            find_dependencies(item, found, depth + 1)
-
-
-def substitute(value: Any, resolved: dict[int, CallResult], depth: int = 0) -> Any:
-    """Replace futures by their ObjectRef (or inline value), keeping container types."""
-    if isinstance(value, Dependency):
-        result = resolved[id(value)]
-        return result.value if result.inline else result.ref
-    if depth >= 32:
-        return value
-    if isinstance(value, list):
-        return [substitute(v, resolved, depth + 1) for v in value]
-    if isinstance(value, tuple) and not hasattr(value, "_fields"):
-        return tuple(substitute(v, resolved, depth + 1) for v in value)
-    if isinstance(value, (set, frozenset)):
-        return type(value)(substitute(v, resolved, depth + 1) for v in value)
-    if isinstance(value, dict):
-        return {k: substitute(v, resolved, depth + 1) for k, v in value.items()}
-    return value
 
 
 def _size_hint(value: Any) -> int:
@@ -186,19 +158,18 @@ async def run_call(
     cache_prefix: Callable[[AsyncSession], str],
 ) -> CallResult:
     """Run one call; ``order`` (when given) serialises submission per service."""
-    deps: list[Dependency] = []
-    find_dependencies(args, deps)
-    find_dependencies(kwargs, deps)
+    deps = find(kwargs, Dependency, find(args, Dependency))
     release: Callable[[], None] | None = None
     if order is not None:
         release = await order()
     try:
-        resolved: dict[int, CallResult] = {}
         if deps:
             results = await asyncio.gather(*(d._call_result() for d in deps))
-            resolved = {id(d): r for d, r in zip(deps, results, strict=True)}
-            args = substitute(args, resolved)
-            kwargs = substitute(kwargs, resolved)
+            by_id = {
+                id(d): r.value if r.inline else r.ref for d, r in zip(deps, results, strict=True)
+            }
+            args = replace(args, Dependency, by_id)
+            kwargs = replace(kwargs, Dependency, by_id)
         session = await open_session()
         data = await encode_request(method, args, kwargs, cache_prefix=cache_prefix(session))
         task = await session.create_task(data)
