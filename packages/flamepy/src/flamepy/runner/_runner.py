@@ -90,8 +90,8 @@ class RunnerService(_ServiceFront[ObjectFuture]):
         self._runner._loop.run(self._core.close())
 
 
-class Runner:
-    """Package the working directory, register it on Flame and run code there.
+class _RunnerFront:
+    """What both Runner flavours share: their options and the core they build.
 
     ``name`` names the application.  An existing application of that name is
     reused (and left in place at exit) unless ``fail_if_exists``.  Options:
@@ -115,7 +115,6 @@ class Runner:
         size_budget: int = DEFAULT_SIZE_BUDGET,
     ) -> None:
         self.name = name
-        self._loop = background_loop()
         self._core = RunnerCore(
             name,
             fail_if_exists=fail_if_exists,
@@ -127,8 +126,10 @@ class Runner:
             root=root,
             size_budget=size_budget,
         )
-        self._loop.run(self._core.setup())
-        self._closed = False
+        self._start()
+
+    def _start(self) -> None:
+        raise NotImplementedError
 
     @property
     def package_url(self) -> str | None:
@@ -137,6 +138,19 @@ class Runner:
     @property
     def package_uploaded(self) -> bool:
         return self._core.package_uploaded
+
+
+class Runner(_RunnerFront):
+    """Package the working directory, register it on Flame and run code there
+    (the options are described on the base class).
+
+    The sync Runner sets the application up as it is created.
+    """
+
+    def _start(self) -> None:
+        self._loop = background_loop()
+        self._loop.run(self._core.setup())
+        self._closed = False
 
     def service(
         self,
@@ -214,34 +228,11 @@ class AsyncRunnerService(_ServiceFront[AsyncObjectFuture]):
         await self._core.close()
 
 
-class AsyncRunner:
-    """The asyncio Runner: ``async with AsyncRunner("name") as rr: ...``."""
+class AsyncRunner(_RunnerFront):
+    """The asyncio Runner: ``async with AsyncRunner("name") as rr: ...``; the
+    application is set up when the block is entered (or by :meth:`open`)."""
 
-    def __init__(
-        self,
-        name: str,
-        fail_if_exists: bool = False,
-        dependencies: list[str] | None = None,
-        python_version: str | None = None,
-        *,
-        excludes: Sequence[str] = (),
-        storage: str | None = None,
-        template: str | None = None,
-        root: str | os.PathLike[str] | None = None,
-        size_budget: int = DEFAULT_SIZE_BUDGET,
-    ) -> None:
-        self.name = name
-        self._core = RunnerCore(
-            name,
-            fail_if_exists=fail_if_exists,
-            dependencies=dependencies,
-            python_version=python_version,
-            excludes=excludes,
-            storage=storage,
-            template=template,
-            root=root,
-            size_budget=size_budget,
-        )
+    def _start(self) -> None:
         self._opened = False
 
     async def open(self) -> AsyncRunner:
@@ -249,10 +240,6 @@ class AsyncRunner:
             await self._core.setup()
             self._opened = True
         return self
-
-    @property
-    def package_url(self) -> str | None:
-        return self._core.package_url
 
     def service(
         self,
