@@ -242,9 +242,25 @@ def os_threads() -> int:
     return -1
 
 
-def tree_rss_bytes(root: int) -> int:
-    """RSS summed over ``root`` and all its descendants."""
-    children: dict[int, list[int]] = {}
+@dataclass(frozen=True)
+class Proc:
+    """One line of the process table."""
+
+    pid: int
+    ppid: int
+    pgrp: int
+    state: str
+    start: int
+    name: str
+
+    @property
+    def live(self) -> bool:
+        return self.state not in ("Z", "X")
+
+
+def process_table() -> dict[int, Proc]:
+    """Every process, from /proc/<pid>/stat."""
+    table = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -253,8 +269,18 @@ def tree_rss_bytes(root: int) -> int:
                 stat = f.read()
         except OSError:
             continue
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        pid = int(entry)
+        table[pid] = Proc(pid, int(fields[1]), int(fields[2]), fields[0], int(fields[19]), name)
+    return table
+
+
+def tree_rss_bytes(root: int) -> int:
+    """RSS summed over ``root`` and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for proc in process_table().values():
+        children.setdefault(proc.ppid, []).append(proc.pid)
     total, todo = 0, [root]
     while todo:
         pid = todo.pop()

@@ -39,9 +39,11 @@ from _common import (
     PEERS,
     SYSTEMS,
     Metric,
+    Proc,
     Sizes,
     catalog,
     parse_scale,
+    process_table,
     short,
     sizes_for,
 )
@@ -81,40 +83,6 @@ def child_env(home: Path) -> dict[str, str]:
         RAY_USAGE_STATS_ENABLED="0",
     )
     return env
-
-
-@dataclass(frozen=True)
-class Proc:
-    """One line of the process table."""
-
-    pid: int
-    ppid: int
-    pgrp: int
-    state: str
-    start: int
-    name: str
-
-    @property
-    def live(self) -> bool:
-        return self.state not in ("Z", "X")
-
-
-def process_table() -> dict[int, Proc]:
-    """Every process, from /proc/<pid>/stat."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        pid = int(entry)
-        table[pid] = Proc(pid, int(fields[1]), int(fields[2]), fields[0], int(fields[19]), name)
-    return table
 
 
 def descendants(root: int) -> dict[int, Proc]:
