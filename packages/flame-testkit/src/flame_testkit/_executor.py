@@ -34,7 +34,8 @@ from flame_testkit._launch import (
     tail,
     terminate,
 )
-from flame_testkit._state import AppRecord, ClusterState, SessionRecord, TaskRecord, TaskState
+from flame_testkit._state import AppRecord, ClusterState, SessionRecord, TaskRecord
+from flamepy._types import TaskState
 from flamepy.proto import shim_pb2, shim_pb2_grpc, types_pb2
 from flmrun._errors import FlmrunError
 

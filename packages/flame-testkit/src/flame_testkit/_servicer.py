@@ -28,9 +28,9 @@ from flame_testkit._state import (
     SessionRecord,
     StateError,
     TaskRecord,
-    TaskState,
     parse_task_id,
 )
+from flamepy._types import TaskState
 from flamepy.proto import frontend_pb2 as fe
 from flamepy.proto import frontend_pb2_grpc, types_pb2
 

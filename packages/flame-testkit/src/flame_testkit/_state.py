@@ -15,8 +15,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from enum import IntEnum
 
+from flamepy._types import TaskState
 from flamepy.proto import types_pb2
 
 DEFAULT_APP_MAX_INSTANCES = 1_000_000
@@ -30,14 +30,6 @@ MAX_APP_NAME = 253
 _TASK_ID = re.compile(r"[+-]?[0-9]+")
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
-
-
-class TaskState(IntEnum):
-    PENDING = 0
-    RUNNING = 1
-    SUCCEED = 2
-    FAILED = 3
-    CANCELLED = 4
 
 
 TERMINAL = frozenset({TaskState.SUCCEED, TaskState.FAILED, TaskState.CANCELLED})

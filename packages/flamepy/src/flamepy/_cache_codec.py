@@ -173,24 +173,15 @@ def uint64_array(*values: int) -> pa.Array:
     return pa.Array.from_buffers(pa.uint64(), len(values), [None, data])
 
 
-def binary_array(*cells: bytes | pa.Buffer, kind: pa.DataType | None = None) -> pa.Array:
-    """Binary (or utf8) cells; a single cell wraps its buffer without a copy."""
-    sizes = [c.size if isinstance(c, pa.Buffer) else len(c) for c in cells]
-    bounds = [0]
-    for size in sizes:
-        bounds.append(bounds[-1] + size)
-    offsets = pa.py_buffer(struct.pack(f"<{len(bounds)}i", *bounds))
-    if len(cells) == 1:
-        data = cells[0] if isinstance(cells[0], pa.Buffer) else pa.py_buffer(cells[0])
-    else:
-        data = pa.py_buffer(
-            b"".join(c.to_pybytes() if isinstance(c, pa.Buffer) else c for c in cells)
-        )
-    return pa.Array.from_buffers(kind or pa.binary(), len(cells), [None, offsets, data])
+def binary_array(cell: bytes | pa.Buffer, kind: pa.DataType | None = None) -> pa.Array:
+    """One binary (or utf8) cell that wraps its buffer without a copy."""
+    data = cell if isinstance(cell, pa.Buffer) else pa.py_buffer(cell)
+    offsets = pa.py_buffer(struct.pack("<2i", 0, data.size))
+    return pa.Array.from_buffers(kind or pa.binary(), 1, [None, offsets, data])
 
 
-def utf8_array(*texts: str) -> pa.Array:
-    return binary_array(*(t.encode() for t in texts), kind=pa.utf8())
+def utf8_array(text: str) -> pa.Array:
+    return binary_array(text.encode(), kind=pa.utf8())
 
 
 def empty_batch(schema: pa.Schema) -> pa.RecordBatch:
@@ -259,12 +250,6 @@ def decode_opaque(data: pa.Buffer | bytes | memoryview) -> Any:
             return table.combine_chunks().to_batches()[0] if table.num_rows else _empty_batch(table)
         return table.column("data").combine_chunks()
     return unpickle(buf)  # an older, un-prefixed pickle
-
-
-def payload_size(value: Native | pa.Buffer) -> int:
-    if isinstance(value, Native):
-        return int(value.table.nbytes)
-    return int(value.size)
 
 
 __all__ = [

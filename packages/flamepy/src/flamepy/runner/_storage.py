@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 from flamepy._cache_client import client_for
-from flamepy._errors import ConfigError, FlameError, InternalError
+from flamepy._errors import ConfigError, InternalError
 from flamepy.runner._package import Package
 
 log = logging.getLogger("flamepy.runner.storage")
@@ -158,7 +158,6 @@ def storage_for(
 __all__ = [
     "CacheStorage",
     "FileStorage",
-    "FlameError",
     "HttpStorage",
     "PackageStorage",
     "storage_for",
