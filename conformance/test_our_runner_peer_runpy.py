@@ -162,3 +162,7 @@ def test_our_runner_other_wire_paths_on_the_peer_runpy(
     # ObjectRefs, but the peer runpy resolves only top-level arguments, so the callee
     # receives the peer's ObjectRef instead of the value (our flmrun resolves it).
     assert extras["nested_future"] == ["flamepy.core.cache.ObjectRef", "builtins.int"]
+    # The peer answers a batch offer with one plain result: no batches, nothing lost.
+    assert extras["burst"] is True
+    assert extras["chain"] == 21
+    assert extras["batching"] is False

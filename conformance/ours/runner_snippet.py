@@ -95,6 +95,16 @@ def extras(rr: Runner) -> dict[str, Any]:
     seen["shared_ref"] = adder(shared, 1).get(WAIT)
     ref = first.ref(WAIT)
     seen["result_ref"] = {"key": ref.key, "version": int(ref.version)}
+    # A burst and a chain made at once: our Runner offers batches, the peer runs
+    # only the first call of a task, so the Runner must fall back to one per task.
+    burst = [adder(i, 1) for i in range(60)]
+    chain = adder(0, 1)
+    for _ in range(20):
+        chain = adder(chain, 1)
+    seen["burst"] = rr.get(burst, WAIT) == [i + 1 for i in range(60)]
+    seen["chain"] = chain.get(WAIT)
+    batcher = adder._core.batcher  # type: ignore[attr-defined]
+    seen["batching"] = batcher.batching
     return seen
 
 

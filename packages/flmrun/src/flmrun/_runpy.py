@@ -7,6 +7,10 @@ ObjectRefs among its arguments (nested ones too) in parallel, call, store the
 result in the cache and answer with its BSON ObjectRef (or the value itself,
 when the client offered to take small results inline).  A failure carries the
 pickled exception in the output so the client can re-raise it as itself.
+
+A request with the ``flame_batch`` attribute carries further calls: they run in
+order, each with its own output, and a ``BatchSlot`` argument stands for the
+result of an earlier call of the same batch (see ``flamepy.runner._batch``).
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ from flamepy._cache_codec import encode_opaque, unpickle
 from flamepy.core.cache import ObjectRef, get_object, put_object, update_object
 from flamepy.runner._walk import find, replace
 from flamepy.runner.types import (
+    BATCH_ATTRIBUTE,
+    BATCH_RESULT_MAGIC,
     ERROR_RESULT_MAGIC,
     INLINE_RESULT_MAGIC,
+    BatchSlot,
     RunnerContext,
     RunnerRequest,
 )
@@ -64,6 +71,26 @@ def error_output(exc: BaseException) -> bytes:
     except Exception:
         payload = cloudpickle.dumps((None, type_name, str(exc), text))
     return ERROR_RESULT_MAGIC + payload
+
+
+def _decode_request(data: Any) -> RunnerRequest:
+    if not isinstance(data, (bytes, bytearray)):
+        raise TypeError(f"a batched call is a {type(data).__name__}, not pickled bytes")
+    request = unpickle(data)
+    if not isinstance(request, RunnerRequest):
+        raise TypeError(f"a batched call holds a {type(request).__name__}, not a RunnerRequest")
+    request.validate()
+    return request
+
+
+def _slot_value(slot: BatchSlot, earlier: list[tuple[bool, Any]]) -> Any:
+    """The result of an earlier call of the batch, or its error raised again."""
+    if not 0 <= slot.index < len(earlier):
+        raise ValueError(f"a batched call refers to call {slot.index}, which has not run")
+    ok, value = earlier[slot.index]
+    if not ok:
+        raise value
+    return value
 
 
 class RunpyService(FlameService):
@@ -116,11 +143,47 @@ class RunpyService(FlameService):
     def on_task_invoke(self, context: TaskContext) -> bytes | None:
         try:
             request = self._request(context)
-            args, kwargs = self._resolve(request)
-            result = self._target(request.method)(*args, **kwargs)
+            batch = getattr(request, BATCH_ATTRIBUTE, None)
+            if batch is not None:
+                return self._run_batch(request, batch)
+            result = self._call(request, [])
             self._save_state()
+        except TaskFailure:
+            raise
         except Exception as exc:
             raise TaskFailure(exc, error_output(exc)) from exc
+        return self._output(request, result)
+
+    def _run_batch(self, head: RunnerRequest, rest: Any) -> bytes:
+        """Run the calls of a batch in order; answer ``FLMB`` + their outputs.
+
+        Each call fails on its own (its output is its ``FLME`` error); a call whose
+        argument is a :class:`BatchSlot` of a failed call fails with that error.
+        A batch of one failed call fails the task, as a single call does.
+        """
+        if not isinstance(rest, list):
+            raise TypeError(f"{BATCH_ATTRIBUTE} holds a {type(rest).__name__}, not a list")
+        outputs: list[bytes] = []
+        results: list[tuple[bool, Any]] = []
+        for i in range(len(rest) + 1):
+            try:
+                request = head if i == 0 else _decode_request(rest[i - 1])
+                result = self._call(request, results)
+                outputs.append(self._output(request, result))
+                results.append((True, result))
+            except Exception as exc:
+                outputs.append(error_output(exc))
+                results.append((False, exc))
+        self._save_state()
+        if len(outputs) == 1 and not results[0][0]:
+            raise TaskFailure(results[0][1], outputs[0])
+        return BATCH_RESULT_MAGIC + pickle.dumps(outputs, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _call(self, request: RunnerRequest, earlier: list[tuple[bool, Any]]) -> Any:
+        args, kwargs = self._resolve(request, earlier)
+        return self._target(request.method)(*args, **kwargs)
+
+    def _output(self, request: RunnerRequest, result: Any) -> bytes:
         limit = getattr(request, INLINE_ATTRIBUTE, 0)
         if isinstance(limit, int) and limit > 0:
             payload = encode_opaque(result)
@@ -141,9 +204,16 @@ class RunpyService(FlameService):
             self._load_context(self._ref)  # the cache's copy is the source of truth
         return request
 
-    def _resolve(self, request: RunnerRequest) -> tuple[list[Any], dict[str, Any]]:
+    def _resolve(
+        self, request: RunnerRequest, earlier: list[tuple[bool, Any]]
+    ) -> tuple[list[Any], dict[str, Any]]:
         args = list(request.args or ())
         kwargs = dict(request.kwargs or {})
+        slots = find(kwargs, BatchSlot, find(args, BatchSlot))
+        if slots:
+            by_slot = {id(slot): _slot_value(slot, earlier) for slot in slots}
+            args = replace(args, BatchSlot, by_slot)
+            kwargs = replace(kwargs, BatchSlot, by_slot)
         for i, value in enumerate(args):
             if isinstance(value, bytes) and (ref := _bson_ref(value)) is not None:
                 args[i] = ref

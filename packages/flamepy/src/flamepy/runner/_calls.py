@@ -1,11 +1,9 @@
 """The asyncio core of Runner calls.
 
-One call is one coroutine on the event loop: wait for the futures among its
-arguments (nested in lists, tuples, dicts and sets too), replace them by their
-ObjectRefs (or inline values), move large arguments into the cache, submit the
-RunnerRequest as a task, wait for it, and decode the output.  The caller's
-thread never blocks on a dependency, and a dependent call occupies no instance
-while it waits, so dependencies cannot deadlock even with one slot.
+What every call needs, whichever way it is submitted (``_batch`` queues them):
+moving large arguments into the cache, pickling a RunnerRequest, decoding an
+output (a BSON ObjectRef, an inline value, or a pickled remote exception), and
+keeping the calls of an ordered service in the order they were made.
 """
 
 from __future__ import annotations
@@ -13,24 +11,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import pickle
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
 
-from flamepy._async_client import AsyncSession
 from flamepy._cache_codec import decode_opaque
 from flamepy._errors import (
     InvalidArgumentError,
     RemoteError,
     RemoteTraceback,
-    TaskCancelledError,
     TaskFailedError,
 )
-from flamepy._types import Task, TaskState
+from flamepy._types import Task
 from flamepy.core.cache import ObjectRef, put_object_async
-from flamepy.runner._walk import find, replace
 from flamepy.runner.types import ERROR_RESULT_MAGIC, INLINE_RESULT_MAGIC, RunnerRequest
 
 log = logging.getLogger("flamepy.runner")
@@ -60,6 +55,9 @@ class CallResult:
 class Dependency:
     """What a future passed as an argument must offer to the call core."""
 
+    _call: Any = None
+    """The batcher's record of the call behind this future (see ``_batch``)."""
+
     async def _call_result(self) -> CallResult:  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -73,6 +71,18 @@ def _size_hint(value: Any) -> int:
     return 0
 
 
+async def stage_arguments(
+    args: tuple[Any, ...], kwargs: dict[str, Any], cache_prefix: str, force: bool = False
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Move large top-level arguments into the cache; they travel as ObjectRefs.
+
+    ``force`` (used when the pickled request is still too big) also moves every
+    argument that pickles to more than 64 KiB, whatever its type.
+    """
+    staged = tuple([await _maybe_to_cache(a, cache_prefix, force) for a in args])
+    return staged, {k: await _maybe_to_cache(v, cache_prefix, force) for k, v in kwargs.items()}
+
+
 async def encode_request(
     method: str | None,
     args: tuple[Any, ...],
@@ -81,29 +91,24 @@ async def encode_request(
     cache_prefix: str,
     inline_limit: int = INLINE_RESULT_LIMIT,
 ) -> bytes:
-    """Pickle the request; move large top-level arguments into the cache first."""
-    args = tuple([await _maybe_to_cache(a, cache_prefix) for a in args])
-    kwargs = {k: await _maybe_to_cache(v, cache_prefix) for k, v in kwargs.items()}
-    request = RunnerRequest(method=method, args=args or None, kwargs=kwargs or None)
-    setattr(request, INLINE_ATTRIBUTE, inline_limit)
-    try:
-        data: bytes = cloudpickle.dumps(request, protocol=cloudpickle.DEFAULT_PROTOCOL)
-    except Exception as exc:
-        raise InvalidArgumentError(
-            f"cannot pickle the arguments of {method or 'the call'}: {exc}"
-        ) from exc
-    if len(data) > MAX_TASK_INPUT:
-        # Arguments whose size we could not guess: store every non-trivial one.
-        args = tuple([await _maybe_to_cache(a, cache_prefix, force=True) for a in args])
-        kwargs = {k: await _maybe_to_cache(v, cache_prefix, force=True) for k, v in kwargs.items()}
+    """One call's pickled RunnerRequest (large arguments moved into the cache first)."""
+    for force in (False, True):
+        args, kwargs = await stage_arguments(args, kwargs, cache_prefix, force)
         request = RunnerRequest(method=method, args=args or None, kwargs=kwargs or None)
         setattr(request, INLINE_ATTRIBUTE, inline_limit)
-        data = cloudpickle.dumps(request, protocol=cloudpickle.DEFAULT_PROTOCOL)
+        try:
+            data: bytes = cloudpickle.dumps(request, protocol=cloudpickle.DEFAULT_PROTOCOL)
+        except Exception as exc:
+            raise InvalidArgumentError(
+                f"cannot pickle the arguments of {method or 'the call'}: {exc}"
+            ) from exc
+        if len(data) <= MAX_TASK_INPUT:
+            break
     return data
 
 
 async def _maybe_to_cache(value: Any, prefix: str, force: bool = False) -> Any:
-    if isinstance(value, (ObjectRef, int, float, bool, type(None))):
+    if isinstance(value, (ObjectRef, Dependency, int, float, bool, type(None))):
         return value
     if _size_hint(value) > LARGE_ARGUMENT or (force and _pickled_size(value) > 64 * 1024):
         return await put_object_async(prefix, value)
@@ -133,61 +138,25 @@ def failure_of(task: Task) -> BaseException:
     remote traceback as its ``__cause__``.  Otherwise (Flame's own runpy, or an
     exception that cannot be unpickled here) a RemoteError or TaskFailedError.
     """
-    message = task.failure_message() or "the task failed without an error message"
     output = task.output
     if isinstance(output, bytes) and output[:4] == ERROR_RESULT_MAGIC:
-        try:
-            exc, type_name, text, remote_tb = pickle.loads(output[4:])
-        except Exception:
-            log.debug("cannot unpickle a remote exception", exc_info=True)
-        else:
-            if isinstance(exc, BaseException):
-                exc.__cause__ = RemoteTraceback(remote_tb)
-                return exc
-            return RemoteError(type_name, text, remote_tb)
+        return failure_of_output(output, task)
+    message = task.failure_message() or "the task failed without an error message"
     return TaskFailedError(message, session_id=task.session_id, task_id=task.id)
 
 
-async def run_call(
-    open_session: Callable[[], Awaitable[AsyncSession]],
-    order: Callable[[], Awaitable[Callable[[], None]]] | None,
-    method: str | None,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    *,
-    cache_prefix: Callable[[AsyncSession], str],
-) -> CallResult:
-    """Run one call; ``order`` (when given) serialises submission per service."""
-    deps = find(kwargs, Dependency, find(args, Dependency))
-    release: Callable[[], None] | None = None
-    if order is not None:
-        release = await order()
+def failure_of_output(output: bytes, task: Task) -> BaseException:
+    """The exception in one ``FLME`` output (a failed task's, or one call's of a batch)."""
     try:
-        if deps:
-            results = await asyncio.gather(*(d._call_result() for d in deps))
-            by_id = {
-                id(d): r.value if r.inline else r.ref for d, r in zip(deps, results, strict=True)
-            }
-            args = replace(args, Dependency, by_id)
-            kwargs = replace(kwargs, Dependency, by_id)
-        session = await open_session()
-        data = await encode_request(method, args, kwargs, cache_prefix=cache_prefix(session))
-        task = await session.create_task(data)
-    finally:
-        if release is not None:
-            release()
-    final = await session.wait_task(task.id)
-    if final.state == TaskState.SUCCEED:
-        return decode_output(final.output)
-    if final.state == TaskState.CANCELLED:
-        raise TaskCancelledError(
-            f"call {method or 'of the function'} was cancelled: its session closed first",
-            session_id=final.session_id,
-            task_id=final.id,
-        )
-    if final.output is None:
-        final = await session.get_task(final.id)
-    raise failure_of(final)
+        exc, type_name, text, remote_tb = pickle.loads(output[4:])
+    except Exception:
+        log.debug("cannot unpickle a remote exception", exc_info=True)
+        message = task.failure_message() or "the call failed and its error could not be read"
+        return TaskFailedError(message, session_id=task.session_id, task_id=task.id)
+    if isinstance(exc, BaseException):
+        exc.__cause__ = RemoteTraceback(remote_tb)
+        return exc
+    return RemoteError(type_name, text, remote_tb)
 
 
 class SubmissionOrder:

@@ -29,7 +29,8 @@ from flamepy._types import (
     SessionState,
 )
 from flamepy.core.cache import delete_objects, put_object_async
-from flamepy.runner._calls import CallResult, SubmissionOrder, run_call
+from flamepy.runner._batch import Batcher, Call
+from flamepy.runner._calls import CallResult, SubmissionOrder
 from flamepy.runner._package import DEFAULT_SIZE_BUDGET, Package, build_package
 from flamepy.runner._pickling import bind_constructor, pickle_context
 from flamepy.runner._storage import PackageStorage, storage_for
@@ -267,7 +268,9 @@ class ServiceCore:
         explicit = getattr(execution_object, "_session_context", None)
         sid = explicit.session_id if isinstance(explicit, SessionContext) else None
         self.session_id = sid or generate_session_id(runner.name)
-        self.order = None if self.context.autoscale else SubmissionOrder()
+        ordered = not self.context.autoscale
+        self.order = SubmissionOrder() if ordered else None
+        self.batcher = Batcher(self.session, self.cache_prefix, ordered)
         self._session: asyncio.Future[AsyncSession] | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
 
@@ -290,16 +293,26 @@ class ServiceCore:
     def cache_prefix(self, session: AsyncSession) -> str:
         return f"{self.runner.name}/{session.id}"
 
-    async def call(
-        self, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> CallResult:
+    def new_call(self, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
+        """A call's record; made in the caller's thread, run by :meth:`call`."""
+        return self.batcher.new_call(method, args, kwargs)
+
+    async def call(self, call: Call) -> CallResult:
+        """Run one call: its dependencies, its turn (ordered services), its batch."""
         task = asyncio.current_task()
         if task is not None:
             self._inflight.add(task)
         try:
-            return await run_call(
-                self.session, self.order, method, args, kwargs, cache_prefix=self.cache_prefix
-            )
+            release = await self.order() if self.order is not None else None
+            try:
+                result = await self.batcher.admit(call)
+            finally:
+                if release is not None:
+                    release()
+            return await result
+        except BaseException as exc:
+            self.batcher.abandon(call, exc)
+            raise
         finally:
             if task is not None:
                 self._inflight.discard(task)

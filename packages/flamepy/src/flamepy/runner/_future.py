@@ -42,8 +42,13 @@ class ObjectFuture(Dependency):
     """The result of a remote call made through the synchronous Runner API."""
 
     def __init__(
-        self, future: concurrent.futures.Future[CallResult], loop: Any, ref_prefix: str
+        self,
+        future: concurrent.futures.Future[CallResult],
+        loop: Any,
+        ref_prefix: str,
+        call: Any = None,
     ) -> None:
+        self._call = call
         self._future = future
         self._loop = loop  # flamepy's BackgroundLoop
         self._refs = _Refs(ref_prefix)
@@ -111,7 +116,8 @@ class AsyncObjectFuture(Dependency):
     ``await future`` (or ``await future.get()``) gives the value.
     """
 
-    def __init__(self, task: asyncio.Future[CallResult], ref_prefix: str) -> None:
+    def __init__(self, task: asyncio.Future[CallResult], ref_prefix: str, call: Any = None) -> None:
+        self._call = call
         self._task = task
         self._refs = _Refs(ref_prefix)
 

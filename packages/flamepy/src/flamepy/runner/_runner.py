@@ -83,8 +83,9 @@ class RunnerService(_ServiceFront[ObjectFuture]):
         self, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> ObjectFuture:
         loop = self._runner._loop
-        future = loop.submit(self._core.call(method, args, kwargs))
-        return ObjectFuture(future, loop, self._ref_prefix)
+        call = self._core.new_call(method, args, kwargs)
+        future = loop.submit(self._core.call(call))
+        return ObjectFuture(future, loop, self._ref_prefix, call)
 
     def close(self) -> None:
         self._runner._loop.run(self._core.close())
@@ -214,8 +215,9 @@ class AsyncRunnerService(_ServiceFront[AsyncObjectFuture]):
     def _submit(
         self, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AsyncObjectFuture:
-        task = asyncio.ensure_future(self._core.call(method, args, kwargs))
-        return AsyncObjectFuture(task, self._ref_prefix)
+        call = self._core.new_call(method, args, kwargs)
+        task = asyncio.ensure_future(self._core.call(call))
+        return AsyncObjectFuture(task, self._ref_prefix, call)
 
     async def wait_ready(self) -> AsyncRunnerService:
         await self._core.session()

@@ -21,6 +21,11 @@ BSON documents start with their int32 length; this prefix would mean >1 GiB, whi
 no ObjectRef is, so the two can never be confused."""
 ERROR_RESULT_MAGIC = b"FLME"
 """Prefix of a Failed task's output that carries the pickled remote exception."""
+BATCH_RESULT_MAGIC = b"FLMB"
+"""Prefix of the output of a batch task: pickle(list of per-call outputs)."""
+BATCH_ATTRIBUTE = "flame_batch"
+"""Extra RunnerRequest attribute: the further calls (pickled RunnerRequests) of a
+batch task.  Flame's own runpy ignores it and runs the first call only."""
 
 
 def is_function(obj: Any) -> bool:
@@ -83,6 +88,13 @@ class RunnerRequest:
             raise InvalidArgumentError("RunnerRequest.kwargs must be a dict")
 
 
+@dataclass(frozen=True)
+class BatchSlot:
+    """In a batch, an argument that is the result of the batch's call ``index``."""
+
+    index: int
+
+
 @dataclass
 class SessionContext:
     """Attach to an execution object to choose its session id (Flame SDK API)."""
@@ -92,8 +104,11 @@ class SessionContext:
 
 
 __all__ = [
+    "BATCH_ATTRIBUTE",
+    "BATCH_RESULT_MAGIC",
     "ERROR_RESULT_MAGIC",
     "INLINE_RESULT_MAGIC",
+    "BatchSlot",
     "RunnerContext",
     "RunnerRequest",
     "SessionContext",

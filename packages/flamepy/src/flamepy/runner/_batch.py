@@ -1,0 +1,442 @@
+"""Batched submission: many Runner calls per Flame task, when flmrun serves them.
+
+Each service has one :class:`Batcher`.  A call enters it once its arguments are
+ready; calls queue in an *open batch*, and the batch goes out as one task when
+the service has fewer than :data:`MAX_PENDING_TASKS` tasks waiting for an
+instance.  So a lone call leaves at once (no added latency), while a burst made
+faster than instances take tasks rides in a few large tasks: one CreateTask, one
+watch and one Instance RPC per batch instead of per call.  The number of tasks
+in flight follows the number of instances that take them, so a cluster of many
+instances still gets many tasks.
+
+Wire (flame-runner-wire.md §3, extended compatibly): the task input is the first
+call's ``RunnerRequest`` with an extra attribute ``flame_batch``, the list of
+the further calls' pickled requests.  Flame's own runpy ignores the attribute
+and runs the first call only; flmrun runs them all, in order, and answers
+``FLMB`` + pickle(list of per-call outputs), each what a single task's output
+would be.  Until a reply shows that the executor batches, tasks carry one call.
+
+A call whose argument is the future of a call still in the same open batch is
+not held back: the argument becomes a :class:`~flamepy.runner.types.BatchSlot`
+that flmrun resolves from the earlier call's result, so a chain of dependent
+calls made at once needs one round trip per batch, not per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+from collections import deque
+from collections.abc import Awaitable, Callable
+from enum import Enum
+from typing import Any
+
+import cloudpickle
+
+from flamepy._async_client import AsyncSession
+from flamepy._errors import InvalidArgumentError, TaskCancelledError, TaskFailedError
+from flamepy._types import Task, TaskState
+from flamepy.runner._calls import (
+    INLINE_ATTRIBUTE,
+    INLINE_RESULT_LIMIT,
+    MAX_TASK_INPUT,
+    CallResult,
+    Dependency,
+    decode_output,
+    failure_of,
+    failure_of_output,
+    stage_arguments,
+)
+from flamepy.runner._walk import find, replace
+from flamepy.runner.types import BATCH_ATTRIBUTE, BATCH_RESULT_MAGIC, BatchSlot, RunnerRequest
+
+log = logging.getLogger("flamepy.runner")
+
+MAX_PENDING_TASKS = 2
+"""Tasks of one service that may wait for an instance before calls are held back."""
+MAX_BATCH_CALLS = 256
+"""Calls per task at most."""
+MAX_BATCH_BYTES = 2 * 1024 * 1024
+"""Pickled requests per task at most (the Frontend refuses inputs over 4 MiB)."""
+
+
+class CallState(Enum):
+    WAITING = "waiting"  # for its arguments
+    QUEUED = "queued"  # in the open batch
+    SENT = "sent"  # in a task
+    DONE = "done"
+
+
+class Call:
+    """One call of a service, from the moment it is made until its result is known."""
+
+    __slots__ = (
+        "args",
+        "batch",
+        "batcher",
+        "children",
+        "data",
+        "entered",
+        "forced",
+        "index",
+        "kwargs",
+        "method",
+        "request",
+        "result",
+        "slot_parent",
+        "state",
+        "values",
+    )
+
+    def __init__(
+        self, batcher: Batcher, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        self.batcher = batcher
+        self.method = method
+        self.args = args
+        self.kwargs = kwargs
+        self.state = CallState.WAITING
+        self.values: dict[int, Any] = {}  # id(dependency) -> its ObjectRef or inline value
+        self.children: list[Call] = []  # calls waiting for this one to be queued or done
+        self.batch: _Batch | None = None
+        self.index = -1
+        self.request: RunnerRequest | None = None
+        self.data = b""
+        self.forced = False
+        self.slot_parent: Call | None = None  # a parent it refers to by BatchSlot
+        self.result: asyncio.Future[CallResult] | None = None
+        self.entered: asyncio.Future[None] | None = None  # set once queued or done
+
+    def outcome(self) -> asyncio.Future[CallResult]:
+        if self.result is None:
+            self.result = asyncio.get_running_loop().create_future()
+        return self.result
+
+
+class _Batch:
+    __slots__ = ("calls", "nbytes")
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self.nbytes = 0
+
+
+def local_call(dep: Dependency, batcher: Batcher) -> Call | None:
+    """The call behind ``dep`` when it belongs to ``batcher`` and is not done."""
+    call = dep._call
+    if isinstance(call, Call) and call.batcher is batcher and call.state is not CallState.DONE:
+        return call
+    return None
+
+
+class Batcher:
+    """Queues one service's calls into tasks (see the module docstring)."""
+
+    def __init__(
+        self,
+        open_session: Callable[[], Awaitable[AsyncSession]],
+        cache_prefix: Callable[[AsyncSession], str],
+        ordered: bool,
+    ) -> None:
+        self._open_session = open_session
+        self._cache_prefix = cache_prefix
+        self._ordered = ordered
+        self._create_lock = asyncio.Lock() if ordered else None
+        self._open = _Batch()
+        self._sealed: deque[_Batch] = deque()
+        self._pending = 0
+        self._flush_scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.batching: bool | None = None
+        """Whether the executor runs batches: None until its first reply says."""
+        self.tasks_sent = 0
+
+    def new_call(self, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
+        return Call(self, method, args, kwargs)
+
+    # -- admission ----------------------------------------------------------------------
+
+    async def admit(self, call: Call) -> asyncio.Future[CallResult]:
+        """Wait for the call's external dependencies, stage large arguments, and queue
+        it (now or, behind a call of this service it depends on, later).  Returns the
+        future of its result; for an ordered service it returns once it is queued."""
+        result = call.outcome()
+        deps = find(call.kwargs, Dependency, find(call.args, Dependency))
+        external = [d for d in deps if local_call(d, self) is None]
+        if external:
+            results = await asyncio.gather(*(d._call_result() for d in external))
+            for dep, res in zip(external, results, strict=True):
+                call.values[id(dep)] = res.value if res.inline else res.ref
+        session = await self._open_session()
+        call.args, call.kwargs = await stage_arguments(
+            call.args, call.kwargs, self._cache_prefix(session)
+        )
+        self._try_queue(call)
+        if self._ordered and call.state is CallState.WAITING:
+            call.entered = asyncio.get_running_loop().create_future()
+            await call.entered
+        return result
+
+    def abandon(self, call: Call, exc: BaseException) -> None:
+        """``call`` failed before it was queued (a dependency failed, or the caller
+        cancelled it): it will not run, and the calls waiting for it fail alike."""
+        if call.state is CallState.WAITING:
+            if not isinstance(exc, Exception):
+                exc = TaskCancelledError("the call was cancelled before it ran")
+            self._finish(call, error=exc)
+
+    def _try_queue(self, *calls: Call) -> None:
+        """Queue each call whose local dependencies are queued in the open batch or
+        done, then the calls that waited for it, and so on (a work list, no recursion)."""
+        work = deque(calls)
+        while work:
+            call = work.popleft()
+            if call.state is not CallState.WAITING:
+                continue
+            try:
+                blocker = self._encode(call)
+            except _Failed as failed:
+                self._finish(call, error=failed.error, work=work)
+                continue
+            if blocker is not None:
+                blocker.children.append(call)
+                continue
+            if len(call.data) > MAX_TASK_INPUT:
+                if call.forced:
+                    self._finish(call, error=_too_large(call), work=work)
+                else:
+                    self._spawn(self._force_stage(call))
+                continue
+            if call.slot_parent is not None and not self._fits(call):
+                call.slot_parent.children.append(call)  # retried when that one is done
+                continue
+            self._append(call)
+            work.extend(call.children)
+            call.children.clear()
+
+    def _encode(self, call: Call) -> Call | None:
+        """Pickle ``call`` against the open batch; return the call it must wait for."""
+        deps = find(call.kwargs, Dependency, find(call.args, Dependency))
+        by_id = dict(call.values)
+        call.slot_parent = None
+        for dep in deps:
+            if id(dep) in call.values:
+                continue
+            parent = dep._call
+            assert isinstance(parent, Call)
+            if parent.state is CallState.DONE:
+                assert parent.result is not None
+                exc = parent.result.exception()
+                if exc is not None:
+                    raise _Failed(exc)
+                res = parent.result.result()
+                call.values[id(dep)] = by_id[id(dep)] = res.value if res.inline else res.ref
+            elif parent.state is CallState.QUEUED and parent.batch is self._open:
+                by_id[id(dep)] = BatchSlot(parent.index)
+                call.slot_parent = parent
+            else:
+                return parent
+        args = replace(call.args, Dependency, by_id) if deps else call.args
+        kwargs = replace(call.kwargs, Dependency, by_id) if deps else call.kwargs
+        request = RunnerRequest(method=call.method, args=args or None, kwargs=kwargs or None)
+        setattr(request, INLINE_ATTRIBUTE, INLINE_RESULT_LIMIT)
+        try:
+            call.data = cloudpickle.dumps(request, protocol=cloudpickle.DEFAULT_PROTOCOL)
+        except Exception as exc:
+            what = call.method or "the call"
+            error = InvalidArgumentError(f"cannot pickle the arguments of {what}: {exc}")
+            error.__cause__ = exc
+            raise _Failed(error) from exc
+        call.request = request
+        return None
+
+    async def _force_stage(self, call: Call) -> None:
+        try:
+            session = await self._open_session()
+            call.args, call.kwargs = await stage_arguments(
+                call.args, call.kwargs, self._cache_prefix(session), force=True
+            )
+        except BaseException as exc:
+            self.abandon(call, exc)
+            raise
+        call.forced = True
+        self._try_queue(call)
+
+    def _fits(self, call: Call) -> bool:
+        """Whether the open batch can take ``call`` (else it is sealed first)."""
+        batch = self._open
+        limit = MAX_BATCH_CALLS if self.batching else 1
+        if not batch.calls:
+            return True
+        return len(batch.calls) < limit and batch.nbytes + len(call.data) <= MAX_BATCH_BYTES
+
+    def _append(self, call: Call) -> None:
+        if not self._fits(call):
+            self._sealed.append(self._open)
+            self._open = _Batch()
+        batch = self._open
+        call.state = CallState.QUEUED
+        call.batch = batch
+        call.index = len(batch.calls)
+        batch.calls.append(call)
+        batch.nbytes += len(call.data)
+        _enter(call)
+        self._schedule_flush()
+
+    # -- sending ------------------------------------------------------------------------
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        while self._pending < MAX_PENDING_TASKS:
+            if self._sealed:
+                batch = self._sealed.popleft()
+            elif self._open.calls:
+                batch, self._open = self._open, _Batch()
+            else:
+                return
+            self._pending += 1
+            for call in batch.calls:
+                call.state = CallState.SENT
+            self._spawn(self._send(batch))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: _Batch) -> None:
+        calls = batch.calls
+        waiting = True
+
+        def started() -> None:
+            nonlocal waiting
+            if waiting:
+                waiting = False
+                self._pending -= 1
+                self._schedule_flush()
+
+        try:
+            session = await self._open_session()
+            data = _envelope(calls)
+            if self._create_lock is not None:
+                async with self._create_lock:
+                    task = await session.create_task(data)
+            else:
+                task = await session.create_task(data)
+            self.tasks_sent += 1
+            final: Task | None = None
+            async for update in session.watch_task(task.id):
+                if update.state != TaskState.PENDING:
+                    started()
+                final = update
+            assert final is not None
+            self._deliver(calls, final)
+        except BaseException as exc:
+            for call in calls:
+                self._finish(call, error=exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            started()
+
+    def _deliver(self, calls: list[Call], task: Task) -> None:
+        output = task.output
+        if task.state == TaskState.SUCCEED:
+            if isinstance(output, bytes) and output[:4] == BATCH_RESULT_MAGIC:
+                if self.batching is None:
+                    log.debug("the executor runs batched calls")
+                self.batching = True
+                outputs = pickle.loads(output[4:])
+                if not isinstance(outputs, list) or len(outputs) != len(calls):
+                    raise TaskFailedError(
+                        f"a batch of {len(calls)} calls came back with a malformed answer",
+                        session_id=task.session_id,
+                        task_id=task.id,
+                    )
+                for call, out in zip(calls, outputs, strict=True):
+                    if out[:4] == b"FLME":
+                        self._finish(call, error=failure_of_output(out, task))
+                    else:
+                        self._finish(call, value=decode_output(out))
+                return
+            if self.batching is None:
+                log.debug("the executor does not run batched calls; one call per task")
+            self.batching = False
+            if len(calls) != 1:  # only sent once batching was known to work
+                raise TaskFailedError("the executor stopped running batched calls")
+            self._finish(calls[0], value=decode_output(output))
+            return
+        if task.state == TaskState.CANCELLED:
+            error: BaseException = TaskCancelledError(
+                "the call was cancelled: its session closed first",
+                session_id=task.session_id,
+                task_id=task.id,
+            )
+        else:
+            error = failure_of(task)
+        for call in calls:
+            self._finish(call, error=error)
+
+    def _finish(
+        self,
+        call: Call,
+        value: CallResult | None = None,
+        error: BaseException | None = None,
+        work: deque[Call] | None = None,
+    ) -> None:
+        if call.state is CallState.DONE:
+            return
+        call.state = CallState.DONE
+        call.request = None
+        call.data = b""
+        _enter(call)
+        result = call.outcome()
+        if not result.done():
+            if error is not None:
+                result.set_exception(error)
+            else:
+                result.set_result(value)  # type: ignore[arg-type]
+        children, call.children = call.children, []
+        if work is not None:
+            work.extend(children)
+        elif children:
+            self._try_queue(*children)
+
+
+class _Failed(Exception):
+    """A call cannot be queued: it fails with ``error``."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _too_large(call: Call) -> InvalidArgumentError:
+    return InvalidArgumentError(
+        f"the arguments of {call.method or 'the call'} pickle to {len(call.data)} bytes even "
+        f"with large values moved to the cache; the limit is {MAX_TASK_INPUT}: pass big data "
+        "as ObjectRefs (Runner.put_object) or in fewer, smaller arguments"
+    )
+
+
+def _enter(call: Call) -> None:
+    if call.entered is not None and not call.entered.done():
+        call.entered.set_result(None)
+
+
+def _envelope(calls: list[Call]) -> bytes:
+    head = calls[0]
+    if head.request is None:
+        raise InvalidArgumentError("a queued call lost its request")
+    request = head.request
+    setattr(request, BATCH_ATTRIBUTE, [c.data for c in calls[1:]])
+    try:
+        return cloudpickle.dumps(request, protocol=cloudpickle.DEFAULT_PROTOCOL)  # type: ignore[no-any-return]
+    finally:
+        delattr(request, BATCH_ATTRIBUTE)

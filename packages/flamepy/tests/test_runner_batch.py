@@ -1,0 +1,176 @@
+"""Batched submission against the real local cluster and real flmrun instances.
+
+A burst of calls rides in a few tasks, a chain of dependent calls made at once
+resolves on the executor, and every call still fails, orders and cancels on its
+own as if it had its own task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from flame_testkit import ClusterThread
+from flamepy import AsyncRunner, Runner, TaskCancelledError
+from flamepy.runner._batch import MAX_BATCH_CALLS
+
+WAIT = 120.0
+
+USERLIB = """
+import os
+import time
+
+
+def inc(x):
+    return x + 1
+
+
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def nap_pid(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+
+class Boom(Exception):
+    pass
+
+
+def check(x):
+    if x % 7 == 3:
+        raise Boom(f"bad {x}")
+    return x
+
+
+class Log:
+    def __init__(self):
+        self.seen = []
+
+    def push(self, x):
+        self.seen.append(x)
+        return len(self.seen)
+
+    def items(self):
+        return list(self.seen)
+"""
+
+
+@pytest.fixture
+def lib(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flame_env: ClusterThread
+) -> Iterator[ModuleType]:
+    name = f"batchlib_{uuid.uuid4().hex[:8]}"
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / f"{name}.py").write_text(USERLIB)
+    monkeypatch.chdir(root)
+    monkeypatch.syspath_prepend(str(root))
+    yield importlib.import_module(name)
+    sys.modules.pop(name, None)
+
+
+def _app() -> str:
+    return f"rb-{uuid.uuid4().hex[:8]}"
+
+
+def test_a_burst_rides_in_few_tasks_and_keeps_every_result(lib: ModuleType) -> None:
+    with Runner(_app()) as rr:
+        inc = rr.service(lib.inc)
+        assert inc(0).get(WAIT) == 1  # learns that flmrun runs batches
+        batcher = inc._core.batcher
+        assert batcher.batching is True
+        before = batcher.tasks_sent
+        futures = [inc(i) for i in range(3000)]
+        assert rr.get(futures, WAIT) == [i + 1 for i in range(3000)]
+        tasks = batcher.tasks_sent - before
+        assert 3000 / MAX_BATCH_CALLS <= tasks <= 300, tasks
+
+
+def test_a_lone_call_is_not_held_back(lib: ModuleType) -> None:
+    with Runner(_app()) as rr:
+        inc = rr.service(lib.inc)
+        batcher = inc._core.batcher
+        for i in range(20):
+            assert inc(i).get(WAIT) == i + 1
+        assert batcher.tasks_sent == 20
+
+
+def test_a_chain_made_at_once_resolves_on_the_executor(lib: ModuleType) -> None:
+    with Runner(_app()) as rr:
+        inc = rr.service(lib.inc)
+        inc(0).get(WAIT)
+        batcher = inc._core.batcher
+        before = batcher.tasks_sent
+        handle = inc(0)
+        for _ in range(999):
+            handle = inc(handle)
+        assert handle.get(WAIT) == 1000
+        # One round trip for the head, then whole batches: far fewer than 1000 tasks.
+        assert batcher.tasks_sent - before <= 2 + 1000 // MAX_BATCH_CALLS + 2
+
+
+def test_each_call_of_a_batch_fails_on_its_own(lib: ModuleType) -> None:
+    with Runner(_app()) as rr:
+        check = rr.service(lib.check)
+        check(0).get(WAIT)
+        futures = [check(i) for i in range(200)]
+        dependent = [check(f) for f in futures[:20]]
+        for i, future in enumerate(futures):
+            if i % 7 == 3:
+                with pytest.raises(lib.Boom, match=f"bad {i}"):
+                    future.get(WAIT)
+            else:
+                assert future.get(WAIT) == i
+        for i, future in enumerate(dependent):
+            if i % 7 == 3:  # its argument failed: it fails with that error
+                with pytest.raises(lib.Boom, match=f"bad {i}"):
+                    future.get(WAIT)
+            else:
+                assert future.get(WAIT) == i
+        assert check._core.batcher.tasks_sent < 150
+
+
+def test_a_stateful_service_keeps_call_order_across_batches(lib: ModuleType) -> None:
+    with Runner(_app()) as rr:
+        log = rr.service(lib.Log())
+        log.push(-1).get(WAIT)
+        futures = [log.push(i) for i in range(2000)]
+        assert rr.get(futures, WAIT) == list(range(2, 2002))
+        assert log.items().get(WAIT) == [-1, *range(2000)]
+        assert log._core.batcher.tasks_sent < 1000
+
+
+def test_a_burst_still_spreads_over_instances(lib: ModuleType) -> None:
+    with Runner(_app()) as rr:
+        nap_pid = rr.service(lib.nap_pid, warmup=2)
+        nap_pid(0).get(WAIT)
+        pids = rr.get([nap_pid(0.02) for _ in range(200)], WAIT)
+        assert len(set(pids)) == 2
+
+
+def test_cancelling_a_waiting_call_fails_its_dependents(lib: ModuleType) -> None:
+    async def scenario() -> None:
+        async with AsyncRunner(_app()) as rr:
+            nap = rr.service(lib.nap)
+            inc = rr.service(lib.inc)
+            slow = nap(1.0)
+            waiting = inc(slow)  # another service's future: waits on the client
+            dependent = inc(waiting)
+            await asyncio.sleep(0.2)
+            assert waiting.cancel()
+            with pytest.raises(TaskCancelledError):
+                await dependent.get(WAIT)
+            assert await slow.get(WAIT) == 1.0
+            assert await inc(41).get(WAIT) == 42
+
+    asyncio.run(scenario())
