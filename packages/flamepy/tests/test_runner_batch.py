@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 import importlib
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+import cloudpickle
 import pytest
 
 from flame_testkit import ClusterThread
 from flamepy import AsyncRunner, Runner, TaskCancelledError
+from flamepy.core.cache import ObjectRef, get_object
 from flamepy.runner._batch import MAX_BATCH_CALLS
 
 WAIT = 120.0
@@ -174,3 +177,26 @@ def test_cancelling_a_waiting_call_fails_its_dependents(lib: ModuleType) -> None
             assert await inc(41).get(WAIT) == 42
 
     asyncio.run(scenario())
+
+
+def _stored_log(log: object) -> list[int]:
+    """The ``seen`` list of the Log object as stored in the cache (the session's context)."""
+    session = log._core._session.result()  # type: ignore[attr-defined]
+    data = get_object(ObjectRef.decode(session.common_data()))
+    return list(cloudpickle.loads(data).execution_object.seen)
+
+
+def test_state_checkpoints_reach_the_cache_after_the_replies(lib: ModuleType) -> None:
+    with Runner(_app()) as rr:
+        log = rr.service(lib.Log())
+        assert rr.get([log.push(i) for i in range(300)], WAIT)[-1] == 300
+        deadline = time.monotonic() + 30
+        while _stored_log(log) != list(range(300)):
+            assert time.monotonic() < deadline, _stored_log(log)[-5:]
+            time.sleep(0.05)
+        log.push(300).get(WAIT)
+        log.close()  # session leave flushes the newest snapshot
+        deadline = time.monotonic() + 30
+        while _stored_log(log) != list(range(301)):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)

@@ -32,6 +32,7 @@ from flame_testkit._launch import group_alive
 from flame_testkit._server import DEFAULT_HOST, FrontendServer
 from flame_testkit._servicer import FrontendOptions, FrontendServicer
 from flame_testkit._state import DEFAULT_RETRY_LIMIT, ClusterState
+from flamepy import _inproc as inproc
 from flamepy.proto import types_pb2
 
 log = logging.getLogger("flame_testkit.cluster")
@@ -67,6 +68,9 @@ class LocalClusterConfig:
     tls_cert: Path | None = None
     """PEM certificate chain: serve the Frontend over TLS (``https://``) with ``tls_key``."""
     tls_key: Path | None = None
+    in_process: bool = False
+    """Also serve flamepy connections made in this process directly, without gRPC
+    (the embedded default does; tests keep to real sockets)."""
 
 
 def default_applications(config: LocalClusterConfig) -> dict[str, types_pb2.ApplicationSpec]:
@@ -143,6 +147,8 @@ class LocalCluster:
             tls = (self.config.tls_cert.read_bytes(), self.config.tls_key.read_bytes())
         self.server = FrontendServer(servicer, self.config.host, self.config.port, tls)
         await self.server.start()
+        if self.config.in_process:
+            inproc.register(self.server.endpoint, servicer, asyncio.get_running_loop())
         manager = ExecutorManager(
             self.state,
             ExecutorManagerConfig(
@@ -169,6 +175,8 @@ class LocalCluster:
                 await self.executor_manager.stop()
         finally:
             if self.server is not None:
+                if self.config.in_process:
+                    inproc.unregister(self.server.endpoint)
                 await self.server.stop()
             if self.cache is not None:
                 self.cache.stop()  # brief; blocking the loop here is fine

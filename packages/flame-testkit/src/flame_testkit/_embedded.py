@@ -20,7 +20,9 @@ def embedded_cluster() -> ClusterThread:
     if _cluster is None:
         with _lock:
             if _cluster is None:
-                cluster = ClusterThread(LocalClusterConfig(delay_release=EMBEDDED_DELAY_RELEASE))
+                cluster = ClusterThread(
+                    LocalClusterConfig(delay_release=EMBEDDED_DELAY_RELEASE, in_process=True)
+                )
                 cluster.start()
                 atexit.register(_stop)
                 _cluster = cluster

@@ -40,6 +40,7 @@ from flamepy._errors import (
     from_result,
     from_rpc_error,
 )
+from flamepy._inproc import InProcessStub, lookup
 from flamepy._types import (
     Application,
     ApplicationAttributes,
@@ -100,10 +101,18 @@ def task_outcome(task: Task) -> bytes | None:
 class AsyncConnection:
     """A connection to a Flame session manager (Frontend service)."""
 
-    def __init__(self, endpoint: str, channel: grpc.aio.Channel) -> None:
+    def __init__(self, endpoint: str, channel: grpc.aio.Channel | None) -> None:
+        """``channel`` None: the Frontend is served in this process (``_inproc``)."""
         self.endpoint = endpoint
         self._channel = channel
-        self._stub = frontend_pb2_grpc.FrontendStub(channel)  # type: ignore[no-untyped-call]
+        self._stub: Any
+        if channel is not None:
+            self._stub = frontend_pb2_grpc.FrontendStub(channel)  # type: ignore[no-untyped-call]
+        else:
+            target = lookup(endpoint)
+            if target is None:
+                raise InvalidArgumentError(f"no in-process Frontend serves {endpoint}")
+            self._stub = InProcessStub(target)
         self.rpc_timeout = DEFAULT_RPC_TIMEOUT
         self._unary_slots = asyncio.Semaphore(MAX_UNARY_IN_FLIGHT)
         self._watch_slots = asyncio.Semaphore(MAX_WATCHES)
@@ -116,7 +125,12 @@ class AsyncConnection:
         ca_file: str | None = None,
         timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> AsyncConnection:
-        """Open a channel and wait (at most ``timeout`` s) until it is ready."""
+        """Open a channel and wait (at most ``timeout`` s) until it is ready.
+
+        An endpoint served in this very process (the embedded cluster) is called
+        in-process instead (see ``flamepy._inproc``)."""
+        if lookup(endpoint) is not None:
+            return cls(endpoint, None)
         channel = open_channel(endpoint, ca_file)
         try:
             await wait_ready(channel, endpoint, timeout)
@@ -125,8 +139,14 @@ class AsyncConnection:
             raise
         return cls(endpoint, channel)
 
+    @property
+    def in_process(self) -> bool:
+        """Whether calls go straight to a Frontend served by this process."""
+        return self._channel is None
+
     async def close(self) -> None:
-        await self._channel.close()
+        if self._channel is not None:
+            await self._channel.close()
 
     async def __aenter__(self) -> AsyncConnection:
         return self

@@ -20,6 +20,7 @@ import logging
 import os
 import pickle
 import sys
+import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -46,6 +47,8 @@ log = logging.getLogger("flmrun.runpy")
 FETCH_THREADS = 8
 INLINE_ATTRIBUTE = "flame_inline_limit"
 PACKAGE_SRC_ENV = "FLAME_PACKAGE_SRC"
+CHECKPOINT_FLUSH_TIMEOUT = 30.0
+"""Seconds session leave waits for the last state snapshot to be stored."""
 
 
 def _bson_ref(value: bytes) -> ObjectRef | None:
@@ -103,6 +106,7 @@ class RunpyService(FlameService):
         self._prefix = ""
         self._wrote_last = False
         self._pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="flmrun-fetch")
+        self._checkpoints = Checkpointer()
 
     # -- session ------------------------------------------------------------------------
 
@@ -134,6 +138,7 @@ class RunpyService(FlameService):
         self._object = obj() if isinstance(obj, type) else obj
 
     def on_session_leave(self) -> None:
+        self._checkpoints.flush()
         self._context = None
         self._object = None
         self._ref = None
@@ -239,13 +244,62 @@ class RunpyService(FlameService):
         return target
 
     def _save_state(self) -> None:
+        """Snapshot a stateful object after its calls; the checkpointer writes it to
+        the cache (the source of truth between instances) off the reply's path."""
         context = self._context
         if context is None or not context.stateful or self._ref is None:
             return
         fresh = copy.copy(context)
         fresh.execution_object = self._object
-        self._ref = update_object(self._ref, cloudpickle.dumps(fresh))
+        self._checkpoints.submit(self._ref, cloudpickle.dumps(fresh))
         self._context = fresh
         # This instance holds the only copy being written (a stateful object runs on
         # one instance), so the next call need not reload what it just stored.
         self._wrote_last = True
+
+
+class Checkpointer:
+    """Writes state snapshots to the cache in a background thread, newest only.
+
+    A snapshot taken while the previous one is still being written replaces any
+    that waits, so a burst of calls costs one write at a time, and the reply to
+    a call never waits for the cache.  :meth:`flush` (at session leave) waits
+    until the newest snapshot is stored.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._waiting: tuple[ObjectRef, bytes] | None = None
+        self._busy = False
+        self._thread: threading.Thread | None = None
+
+    def submit(self, ref: ObjectRef, data: bytes) -> None:
+        with self._cond:
+            self._waiting = (ref, data)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._main, name="flmrun-checkpoint", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify_all()
+
+    def _main(self) -> None:
+        while True:
+            with self._cond:
+                while self._waiting is None:
+                    self._cond.wait()
+                (ref, data), self._waiting = self._waiting, None
+                self._busy = True
+            try:
+                update_object(ref, data)
+            except Exception:
+                log.exception("cannot store the state of the session's object")
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def flush(self, timeout: float = CHECKPOINT_FLUSH_TIMEOUT) -> bool:
+        """Wait until every snapshot is stored; False if that took over ``timeout``."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._waiting is None and not self._busy, timeout)

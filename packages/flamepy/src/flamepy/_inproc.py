@@ -1,0 +1,194 @@
+"""An in-process transport to a Frontend served by this very program.
+
+The embedded local cluster (flame-testkit) serves the Frontend over gRPC for
+everyone else, and also registers its servicer here under its endpoint.  A
+connection to that endpoint from the same process then calls the servicer
+directly, on the servicer's own event loop, instead of going through two gRPC
+stacks and the loopback interface: the same request and reply messages
+(serialised and parsed, so nothing is shared), the same errors (an abort
+becomes the ``grpc.aio.AioRpcError`` a channel would raise), a fraction of
+the cost.  Connections to any other endpoint use gRPC as always.
+
+The object registered must offer the Frontend's methods as a grpc.aio servicer
+does: ``async def Method(request, context)`` for unary calls and async
+generators for server streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import grpc
+import grpc.aio
+
+from flamepy.proto import frontend_pb2_grpc
+
+log = logging.getLogger("flamepy.inproc")
+
+_DONE = object()
+
+
+@dataclass(frozen=True)
+class InProcessTarget:
+    """A servicer and the event loop it runs on."""
+
+    servicer: Any
+    loop: asyncio.AbstractEventLoop
+
+
+_lock = threading.Lock()
+_targets: dict[str, InProcessTarget] = {}
+
+
+def register(endpoint: str, servicer: Any, loop: asyncio.AbstractEventLoop) -> None:
+    """Serve connections to ``endpoint`` made in this process by calling ``servicer``."""
+    with _lock:
+        _targets[endpoint] = InProcessTarget(servicer, loop)
+
+
+def unregister(endpoint: str) -> None:
+    with _lock:
+        _targets.pop(endpoint, None)
+
+
+def lookup(endpoint: str) -> InProcessTarget | None:
+    with _lock:
+        target = _targets.get(endpoint)
+    if target is None or target.loop.is_closed():
+        return None
+    return target
+
+
+class _Context:
+    """The part of ``grpc.aio.ServicerContext`` a servicer uses: abort."""
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", *args: Any) -> NoReturn:
+        raise grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+    def cancelled(self) -> bool:  # pragma: no cover - part of the context interface
+        return False
+
+
+def _copy(message: Any) -> Any:
+    return type(message).FromString(message.SerializeToString())
+
+
+def _unavailable(what: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        f"the in-process Frontend stopped during {what}",
+    )
+
+
+class _Stream:
+    """A server stream: the servicer's generator runs on its loop; messages are
+    handed over to the caller's loop through a queue."""
+
+    def __init__(self, target: InProcessTarget, method: Callable[..., Any], request: Any) -> None:
+        self._target = target
+        self._method = method
+        self._request = request
+        self._queue: asyncio.Queue[Any] | None = None
+        self._pump: concurrent.futures.Future[None] | asyncio.Task[None] | None = None
+
+    def _start(self) -> asyncio.Queue[Any]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._queue = queue
+        same_loop = loop is self._target.loop
+
+        def put(item: Any) -> None:
+            if same_loop:
+                queue.put_nowait(item)
+            else:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        async def pump() -> None:
+            try:
+                async for message in self._method(self._request, _Context()):
+                    put(_copy(message))
+            except BaseException as exc:  # handed to the reader, which raises it
+                put(exc if isinstance(exc, Exception) else _unavailable("a stream"))
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                put(_DONE)
+
+        if same_loop:
+            self._pump = asyncio.ensure_future(pump())
+        else:
+            self._pump = asyncio.run_coroutine_threadsafe(pump(), self._target.loop)
+        return queue
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._read()
+
+    async def _read(self) -> AsyncIterator[Any]:
+        queue = self._queue or self._start()
+        while True:
+            item = await queue.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def cancel(self) -> bool:
+        pump = self._pump
+        if pump is None or pump.done():
+            return False
+        if isinstance(pump, asyncio.Task):
+            pump.cancel()
+        else:
+            self._target.loop.call_soon_threadsafe(pump.cancel)
+        return True
+
+
+class InProcessStub:
+    """Quacks like ``FrontendStub`` over a channel, for the methods flamepy calls."""
+
+    def __init__(self, target: InProcessTarget) -> None:
+        self._target = target
+        for name, _ in inspect.getmembers(
+            frontend_pb2_grpc.FrontendServicer, predicate=inspect.isfunction
+        ):
+            if not name.startswith("_"):
+                setattr(self, name, self._callable(name))
+
+    def _callable(self, name: str) -> Callable[..., Any]:
+        target = self._target
+        method = getattr(target.servicer, name)
+        if inspect.isasyncgenfunction(method):
+
+            def stream(request: Any, timeout: float | None = None, **_: Any) -> _Stream:
+                return _Stream(target, method, _copy(request))
+
+            return stream
+
+        async def unary(request: Any, timeout: float | None = None, **_: Any) -> Any:
+            coro = method(_copy(request), _Context())
+            try:
+                if asyncio.get_running_loop() is target.loop:
+                    reply = await asyncio.wait_for(coro, timeout)
+                else:
+                    future = asyncio.run_coroutine_threadsafe(coro, target.loop)
+                    reply = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+            except asyncio.TimeoutError:
+                raise grpc.aio.AioRpcError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    grpc.aio.Metadata(),
+                    grpc.aio.Metadata(),
+                    f"{name} took longer than {timeout}s",
+                ) from None
+            return _copy(reply)
+
+        return unary
