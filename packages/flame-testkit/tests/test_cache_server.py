@@ -409,6 +409,20 @@ def test_replies_are_zstd_compressed(server: CacheServer, client: flight.FlightC
     assert sum(len(r) for r in replies) > 1 << 20
 
 
+def test_plain_replies_when_compression_is_off() -> None:
+    with CacheServer(compression=None) as plain:
+        c = flight.FlightClient(plain.endpoint, generic_options=UNLIMITED)
+        try:
+            put(c, "app/ssn/zeros", bytes(3 << 20))
+            status, replies = raw_call(plain, "DoGet", _field(1, b"app/ssn/zeros:0"))
+            assert status == grpc.StatusCode.OK
+            assert sum(len(r) for r in replies) > 3 << 20
+            _, batches = fetch(c, "app/ssn/zeros:0")
+            assert batches[0].column("data")[0].as_py() == bytes(3 << 20)
+        finally:
+            c.close()
+
+
 # ---------------------------------------------------------------- native tables (§3)
 
 

@@ -59,6 +59,8 @@ log = logging.getLogger("flame_testkit.cache")
 DEFAULT_HOST = "127.0.0.1"
 MAX_OPAQUE_BYTES = 2**31 - 1
 PATCH_PREFIX = b"PATCH:"
+REPLY_COMPRESSION = "zstd"
+"""Reply IPC bodies are ZSTD-compressed, as by Flame's own cache (flame-cache §3)."""
 RESPONSE_SCHEMA = pa.schema(
     [
         pa.field("version", pa.uint64(), nullable=False),
@@ -131,10 +133,11 @@ class CacheFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         host: str = DEFAULT_HOST,
         port: int = 0,
         tls: tuple[bytes, bytes] | None = None,
+        compression: str | None = REPLY_COMPRESSION,
     ) -> None:
         self.store = store
         self.max_opaque_bytes = MAX_OPAQUE_BYTES
-        self.ipc_options = pa.ipc.IpcWriteOptions(compression="zstd")
+        self.ipc_options = pa.ipc.IpcWriteOptions(compression=compression)
         scheme = "grpc+tls" if tls is not None else "grpc"
         address = f"[{host}]" if ":" in host else host
         certificates = [flight.CertKeyPair(tls[0], tls[1])] if tls is not None else None
@@ -299,8 +302,12 @@ class CacheServer:
         max_objects: int | None = None,
         tls: tuple[bytes, bytes] | None = None,
         eviction: EvictionPolicy = "lru",
+        compression: str | None = REPLY_COMPRESSION,
     ) -> None:
+        """``compression``: of reply IPC bodies, ``"zstd"`` as Flame's cache does
+        (flame-cache §3); None sends them plain, which every IPC reader accepts."""
         self.host = host
+        self.compression = compression
         self._requested_port = port
         self.storage = parse_storage_url(storage)
         self.max_memory = max_memory
@@ -321,7 +328,9 @@ class CacheServer:
             eviction=self.eviction,
             disk=disk,
         )
-        self._server = CacheFlightServer(store, self.host, self._requested_port, self._tls)
+        self._server = CacheFlightServer(
+            store, self.host, self._requested_port, self._tls, self.compression
+        )
         self._store = store
         log.info("object cache listening on %s (storage: %s)", self.endpoint, self.storage)
 

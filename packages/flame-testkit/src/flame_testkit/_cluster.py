@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from flame_testkit._cache_server import CacheServer
+from flame_testkit._cache_server import REPLY_COMPRESSION, CacheServer
 from flame_testkit._cache_store import DEFAULT_MAX_MEMORY
 from flame_testkit._executor import (
     DEFAULT_CAPACITY,
@@ -65,6 +65,8 @@ class LocalClusterConfig:
     cache_storage: str | None = None
     """Cache persistence: None (memory only), a directory, or fs:// / file:// URL."""
     cache_max_memory: int | None = None
+    cache_compression: str | None = REPLY_COMPRESSION
+    """Of the cache's reply bodies: ``"zstd"`` as Flame's cache, or None (plain)."""
     tls_cert: Path | None = None
     """PEM certificate chain: serve the Frontend over TLS (``https://``) with ``tls_key``."""
     tls_key: Path | None = None
@@ -132,6 +134,7 @@ class LocalCluster:
                 port=0,
                 storage=self.config.cache_storage,
                 max_memory=self.config.cache_max_memory or DEFAULT_MAX_MEMORY,
+                compression=self.config.cache_compression,
             )
             await asyncio.to_thread(self.cache.start)
             self.cache_endpoint = self.cache.endpoint

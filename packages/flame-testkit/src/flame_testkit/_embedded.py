@@ -13,6 +13,10 @@ _cluster: ClusterThread | None = None
 EMBEDDED_DELAY_RELEASE = 5
 """Idle instances of the embedded cluster are released after 5 s, not 60 s."""
 
+# Everything here runs on one machine: flamepy calls the Frontend in-process, and the
+# cache sends its replies uncompressed (compressing for the loopback interface only
+# costs CPU; every IPC reader accepts both).
+
 
 def embedded_cluster() -> ClusterThread:
     """The process-wide local cluster, started on first use and stopped at exit."""
@@ -21,7 +25,11 @@ def embedded_cluster() -> ClusterThread:
         with _lock:
             if _cluster is None:
                 cluster = ClusterThread(
-                    LocalClusterConfig(delay_release=EMBEDDED_DELAY_RELEASE, in_process=True)
+                    LocalClusterConfig(
+                        delay_release=EMBEDDED_DELAY_RELEASE,
+                        in_process=True,
+                        cache_compression=None,
+                    )
                 )
                 cluster.start()
                 atexit.register(_stop)

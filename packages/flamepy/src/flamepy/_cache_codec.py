@@ -60,7 +60,7 @@ def _module_of(obj: Any) -> str:
     return type(obj).__module__.split(".", 1)[0]
 
 
-def _as_native(obj: Any) -> Native | None:
+def as_native(obj: Any) -> Native | None:
     if isinstance(obj, pa.Table):
         return Native(obj, LT_TABLE)
     if isinstance(obj, pa.RecordBatch):
@@ -131,7 +131,7 @@ def _write_batches(sink: Any, schema: pa.Schema, batches: list[pa.RecordBatch]) 
 
 def encode(obj: Any) -> Native | pa.Buffer:
     """Encode a value for put/update: a native table or an opaque payload."""
-    return _as_native(obj) or encode_opaque(obj)
+    return as_native(obj) or encode_opaque(obj)
 
 
 def native_upload_table(native: Native) -> pa.Table:

@@ -27,8 +27,9 @@ from typing import Any
 
 import cloudpickle
 
-from flamepy._cache_codec import encode_opaque, unpickle
-from flamepy.core.cache import ObjectRef, get_object, put_object, update_object
+from flamepy._cache_codec import as_native, encode_opaque, unpickle
+from flamepy.core.cache import ObjectRef, get_object, put_encoded, put_object, update_object
+from flamepy.runner._calls import size_hint
 from flamepy.runner._walk import find, replace
 from flamepy.runner.types import (
     BATCH_ATTRIBUTE,
@@ -189,11 +190,15 @@ class RunpyService(FlameService):
         return self._target(request.method)(*args, **kwargs)
 
     def _output(self, request: RunnerRequest, result: Any) -> bytes:
+        """The result inline (when offered and small enough), else its ObjectRef;
+        a value is encoded once either way."""
         limit = getattr(request, INLINE_ATTRIBUTE, 0)
-        if isinstance(limit, int) and limit > 0:
+        if isinstance(limit, int) and limit > 0 and size_hint(result) <= limit:
             payload = encode_opaque(result)
             if payload.size <= limit:
                 return INLINE_RESULT_MAGIC + bytes(payload.to_pybytes())
+            if as_native(result) is None:
+                return put_encoded(self._prefix, payload).encode()
         return put_object(self._prefix, result).encode()
 
     def _request(self, context: TaskContext) -> RunnerRequest:

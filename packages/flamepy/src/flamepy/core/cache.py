@@ -76,6 +76,11 @@ def put_object(key_prefix: str, obj: Any) -> ObjectRef:
     return _ref(_default_client().put(key_prefix, obj))
 
 
+def put_encoded(key_prefix: str, payload: Any) -> ObjectRef:
+    """Store an already encoded opaque payload (``FLM`` + body), as put_object would."""
+    return _ref(_default_client().put_payload(key_prefix, payload, f"put_object({key_prefix})"))
+
+
 def get_object(ref: ObjectRef, deserializer: Callable[[Any, list[Any]], Any] | None = None) -> Any:
     """Fetch an object; with ``deserializer``, call it as ``(base, [patches])``."""
     return _client_of(ref).get(ref.key, deserializer)

@@ -62,7 +62,8 @@ class Dependency:
         raise NotImplementedError
 
 
-def _size_hint(value: Any) -> int:
+def size_hint(value: Any) -> int:
+    """A cheap guess of a value's size in bytes: buffers and arrays only, else 0."""
     nbytes = getattr(value, "nbytes", None)
     if isinstance(nbytes, int):
         return nbytes
@@ -110,7 +111,7 @@ async def encode_request(
 async def _maybe_to_cache(value: Any, prefix: str, force: bool = False) -> Any:
     if isinstance(value, (ObjectRef, Dependency, int, float, bool, type(None))):
         return value
-    if _size_hint(value) > LARGE_ARGUMENT or (force and _pickled_size(value) > 64 * 1024):
+    if size_hint(value) > LARGE_ARGUMENT or (force and _pickled_size(value) > 64 * 1024):
         return await put_object_async(prefix, value)
     return value
 
