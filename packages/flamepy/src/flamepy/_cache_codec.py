@@ -19,6 +19,7 @@ import cloudpickle
 import pyarrow as pa
 
 from flamepy._errors import InvalidArgumentError
+from flamepy._pickle import dumps
 
 MAGIC_PICKLE = b"FLM\x00"
 MAGIC_TENSOR = b"FLM\x01"
@@ -115,7 +116,7 @@ def encode_opaque(obj: Any, *, tables_as_stream: bool = False) -> pa.Buffer:
     if tables_as_stream and isinstance(obj, pa.RecordBatch):
         return _stream(MAGIC_BATCH, lambda s: _write_batches(s, obj.schema, [obj]))
     try:
-        body = cloudpickle.dumps(obj, protocol=cloudpickle.DEFAULT_PROTOCOL)
+        body = dumps(obj)
     except Exception as exc:
         raise InvalidArgumentError(
             f"cannot serialize a {type(obj).__name__} for the object cache: {exc}"

@@ -27,7 +27,8 @@ from typing import Any
 
 import cloudpickle
 
-from flamepy._cache_codec import as_native, encode_opaque, unpickle
+from flamepy._cache_codec import MAGIC_PICKLE, as_native, encode_opaque, unpickle
+from flamepy._pickle import PROTOCOL, is_plain
 from flamepy.core.cache import ObjectRef, get_object, put_encoded, put_object, update_object
 from flamepy.runner._calls import size_hint
 from flamepy.runner._walk import find, replace
@@ -194,6 +195,10 @@ class RunpyService(FlameService):
         a value is encoded once either way."""
         limit = getattr(request, INLINE_ATTRIBUTE, 0)
         if isinstance(limit, int) and limit > 0 and size_hint(result) <= limit:
+            if is_plain(result):  # the common case, without Arrow buffers
+                body = pickle.dumps(result, protocol=PROTOCOL)
+                if len(body) + 4 <= limit:
+                    return INLINE_RESULT_MAGIC + MAGIC_PICKLE + body
             payload = encode_opaque(result)
             if payload.size <= limit:
                 return INLINE_RESULT_MAGIC + bytes(payload.to_pybytes())

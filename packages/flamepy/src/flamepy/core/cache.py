@@ -19,6 +19,7 @@ from flamepy import _bson
 from flamepy._cache_client import CacheClient, client_for
 from flamepy._config import FlameContext
 from flamepy._errors import InvalidArgumentError
+from flamepy._pickle import register_wire_class
 
 T = TypeVar("T")
 
@@ -26,6 +27,7 @@ ASYNC_WORKERS = 8
 """Threads that run blocking Flight calls for the ``*_async`` functions."""
 
 
+@register_wire_class
 @dataclass(frozen=True)
 class ObjectRef:
     """A reference to an object in the cache: where, which key, which version."""

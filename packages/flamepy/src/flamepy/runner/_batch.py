@@ -32,10 +32,9 @@ from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import Any
 
-import cloudpickle
-
 from flamepy._async_client import AsyncSession
 from flamepy._errors import InvalidArgumentError, TaskCancelledError, TaskFailedError
+from flamepy._pickle import dumps
 from flamepy._types import Task, TaskState
 from flamepy.runner._calls import (
     INLINE_ATTRIBUTE,
@@ -242,7 +241,7 @@ class Batcher:
         request = RunnerRequest(method=call.method, args=args or None, kwargs=kwargs or None)
         setattr(request, INLINE_ATTRIBUTE, INLINE_RESULT_LIMIT)
         try:
-            call.data = cloudpickle.dumps(request, protocol=cloudpickle.DEFAULT_PROTOCOL)
+            call.data = dumps(request)
         except Exception as exc:
             what = call.method or "the call"
             error = InvalidArgumentError(f"cannot pickle the arguments of {what}: {exc}")
@@ -437,6 +436,6 @@ def _envelope(calls: list[Call]) -> bytes:
     request = head.request
     setattr(request, BATCH_ATTRIBUTE, [c.data for c in calls[1:]])
     try:
-        return cloudpickle.dumps(request, protocol=cloudpickle.DEFAULT_PROTOCOL)  # type: ignore[no-any-return]
+        return dumps(request)
     finally:
         delattr(request, BATCH_ATTRIBUTE)

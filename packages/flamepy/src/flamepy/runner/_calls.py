@@ -17,7 +17,7 @@ from typing import Any
 
 import cloudpickle
 
-from flamepy._cache_codec import decode_opaque
+from flamepy._cache_codec import MAGIC_PICKLE, decode_opaque, unpickle
 from flamepy._errors import (
     InvalidArgumentError,
     RemoteError,
@@ -127,6 +127,8 @@ def decode_output(output: bytes | None) -> CallResult:
     if output is None:
         raise TaskFailedError("the task succeeded but returned no output (not a Runner task?)")
     if output[:4] == INLINE_RESULT_MAGIC:
+        if output[4:8] == MAGIC_PICKLE:  # the common case: no Arrow buffers needed
+            return CallResult(ref=None, value=unpickle(memoryview(output)[8:]))
         return CallResult(ref=None, value=decode_opaque(memoryview(output)[4:]))
     return CallResult(ref=ObjectRef.decode(output))
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flamepy._errors import InvalidArgumentError
+from flamepy._pickle import register_wire_class
 
 INLINE_RESULT_MAGIC = b"FLMI"
 """Prefix of a task output that carries the result inline instead of a BSON ObjectRef.
@@ -66,6 +67,7 @@ class RunnerContext:
         self.max_instances = None if self.autoscale else self.min_instances
 
 
+@register_wire_class
 @dataclass
 class RunnerRequest:
     """One call: ``method`` of the execution object (None: call the object itself)."""
@@ -88,6 +90,7 @@ class RunnerRequest:
             raise InvalidArgumentError("RunnerRequest.kwargs must be a dict")
 
 
+@register_wire_class
 @dataclass(frozen=True)
 class BatchSlot:
     """In a batch, an argument that is the result of the batch's call ``index``."""
