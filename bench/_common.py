@@ -29,6 +29,10 @@ MARK = "@@BENCH "
 GROUPS = ("cold", "calls", "actor", "data", "scale")
 SYSTEMS = ("flame", "ray", "dask")
 PEERS = ("ray", "dask")
+MAX_ERROR_TEXT = 400
+"""Characters of a failure message kept in the report."""
+BIG_SCALE_REPEATS = 3
+"""Repeats at the largest scale: a round takes minutes for the peers."""
 SLOWEST_CALL = 0.02
 """Seconds per call added to the timeout of a gather (and of a chain)."""
 
@@ -224,7 +228,10 @@ def reporting(*metrics: str) -> Iterator[None]:
     except Exception as exc:
         trace = traceback.format_exc()[-2000:]
         for metric in metrics:
-            emit(metric, error=f"{type(exc).__name__}: {exc}", trace=trace)
+            text = str(exc)
+            if len(text) > MAX_ERROR_TEXT:  # Dask lists every cancelled future
+                text = text[:MAX_ERROR_TEXT] + "..."
+            emit(metric, error=f"{type(exc).__name__}: {text}", trace=trace)
 
 
 def rss_bytes(pid: int | str = "self") -> int:
@@ -451,8 +458,9 @@ class Harness:
             kb: list[float] = []
             tree: list[float] = []
             ids = [f"g_{m}@{n}" for m in ("cps", "rss_mb", "threads", "kb_per_call", "tree_rss_mb")]
+            repeats = min(s.repeats, BIG_SCALE_REPEATS) if n == big else s.repeats
             with reporting(*ids):
-                for _ in range(s.repeats):
+                for _ in range(repeats):
                     gc.collect()
                     start = time.perf_counter()
                     handles = [call(i) for i in range(n)]

@@ -19,11 +19,15 @@ class DaskAdapter:
     def __init__(self) -> None:
         start = time.perf_counter()
         import cloudpickle
+        import dask
         import distributed
 
         imported = time.perf_counter()
         cloudpickle.register_pickle_by_value(_workloads)
         self._distributed = distributed
+        # With 100k tasks in flight the scheduler's loop can be busy for longer than
+        # the default 30 s comm timeout, and the client then drops its connection.
+        dask.config.set({"distributed.comm.timeouts.tcp": "600s"})
         self._cluster = distributed.LocalCluster(
             n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None
         )
