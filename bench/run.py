@@ -349,11 +349,16 @@ def render(table: dict[str, Any], metrics: list[Metric], systems: list[str], siz
     """The printed report: one row per metric, then the targets."""
     groups = {m.group for m in metrics}
     peers = [p for p in PEERS if p in systems]
-    head = f"{'metric':44} {'unit':8} {'better':6} " + " ".join(f"{s:>10}" for s in systems)
+    head = f"{'metric':44} {'unit':8} {'better':6} " + " ".join(
+        f"{s + ' med (min)':>21}" for s in systems
+    )
     head += f" {'ours/best':>9}  best peer"
     lines = [head, "-" * len(head)]
     for metric in metrics:
-        row = [median_of(table, metric.id, s) for s in systems]
+        row = [
+            (median_of(table, metric.id, s), table[metric.id].get(s, {}).get("min"))
+            for s in systems
+        ]
         ours = median_of(table, metric.id, "flame")
         peer_values = {p: median_of(table, metric.id, p) for p in peers}
         known = {p: v for p, v in peer_values.items() if v is not None}
@@ -364,11 +369,14 @@ def render(table: dict[str, Any], metrics: list[Metric], systems: list[str], siz
             if known[best]:
                 ratio = f"{ours / known[best]:.2f}x"
         label = metric.label + (" (info)" if metric.info else "")
-        cells = " ".join(f"{fmt(v):>10}" for v in row)
+        cells = " ".join(
+            f"{fmt(med) + (f' ({fmt(low)})' if low is not None else ''):>21}" for med, low in row
+        )
         lines.append(f"{label:44} {metric.unit:8} {metric.better:6} {cells} {ratio:>9}  {best}")
     lines.append("")
     lines.append(
-        "ratio = ours / best peer median: for 'lower' metrics < 1 is better, for 'higher' > 1."
+        "med (min) = median and minimum over the repeats; ratio = ours / best peer median: "
+        "for 'lower' metrics < 1 is better, for 'higher' > 1."
     )
     lines.append("")
     lines.append(f"{'target (ours vs peer medians)':58} {'result':6}  detail")
@@ -438,6 +446,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--scale", type=parse_scale, default=None, help="g levels, e.g. 1k,20k")
     parser.add_argument("--timeout-scale", type=float, default=1.0, help="multiply timeouts")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: results/)")
+    parser.add_argument(
+        "--render", type=Path, default=None, help="print the report of a saved results JSON"
+    )
     opts = parser.parse_args()
     opts.systems = [s for s in opts.systems.split(",") if s]
     opts.groups = [g for g in opts.groups.split(",") if g]
@@ -448,8 +459,22 @@ def parse_args() -> argparse.Namespace:
     return opts
 
 
+def render_saved(path: Path) -> str:
+    """The report of an earlier run, from its results JSON."""
+    document = json.loads(path.read_text())
+    sizes = Sizes(**{**document["sizes"], "scale": tuple(document["sizes"]["scale"])})
+    saved = document["metrics"]
+    metrics = [m for m in catalog(sizes) if m.id in saved]
+    table = {m.id: saved[m.id]["systems"] for m in metrics}
+    systems = [s for s in SYSTEMS if any(s in table[m.id] for m in metrics)]
+    return render(table, metrics, systems, sizes)
+
+
 def main() -> int:
     opts = parse_args()
+    if opts.render is not None:
+        print(render_saved(opts.render))
+        return 0
     sizes = sizes_for(opts.quick, opts.repeats, opts.scale)
     systems: list[str] = opts.systems
     started = time.perf_counter()
