@@ -10,7 +10,6 @@ holding only ``ours/runner_snippet.py``.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +23,8 @@ import flamepy
 from flame_testkit import ClusterThread
 from flamepy import ApplicationAttributes
 from flamepy.core.cache import ObjectRef
-from flamepy.runner._calls import INLINE_ATTRIBUTE, INLINE_RESULT_LIMIT, encode_request
-from flamepy.runner.types import RunnerContext
+from flamepy.runner._calls import INLINE_RESULT_LIMIT, pickle_request
+from flamepy.runner.types import INLINE_ATTRIBUTE, RunnerContext
 
 PEER_TEMPLATE = "peer-flmrun"
 
@@ -80,7 +79,7 @@ def test_our_pickled_wire_types_are_the_peers_classes(
     """runpy checks isinstance against its own RunnerRequest / RunnerContext / ObjectRef:
     what our Runner pickles must load as exactly those classes."""
     ref = ObjectRef("grpc://127.0.0.1:9090", "app/ssn/obj", 1)
-    request = asyncio.run(encode_request("add", (ref, 5), {"k": ref}, cache_prefix="app/ssn"))
+    _, request = pickle_request("add", (ref, 5), {"k": ref})
     ours = {
         "request": request.hex(),  # the exact TaskSpec.input our Runner sends
         "context_function": _dumps(RunnerContext(double)),

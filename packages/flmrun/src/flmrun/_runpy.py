@@ -36,6 +36,7 @@ from flamepy.runner.types import (
     BATCH_ATTRIBUTE,
     BATCH_RESULT_MAGIC,
     ERROR_RESULT_MAGIC,
+    INLINE_ATTRIBUTE,
     INLINE_RESULT_MAGIC,
     BatchSlot,
     RunnerContext,
@@ -47,7 +48,6 @@ from flmrun._service import FlameService, SessionContext, TaskContext
 log = logging.getLogger("flmrun.runpy")
 
 FETCH_THREADS = 8
-INLINE_ATTRIBUTE = "flame_inline_limit"
 PACKAGE_SRC_ENV = "FLAME_PACKAGE_SRC"
 CHECKPOINT_FLUSH_TIMEOUT = 30.0
 """Seconds session leave waits for the last state snapshot to be stored."""
@@ -78,12 +78,13 @@ def error_output(exc: BaseException) -> bytes:
     return ERROR_RESULT_MAGIC + payload
 
 
-def _decode_request(data: Any) -> RunnerRequest:
+def _decode_request(data: Any, what: str) -> RunnerRequest:
+    """A pickled RunnerRequest (``what`` names it in errors), type-checked."""
     if not isinstance(data, (bytes, bytearray)):
-        raise TypeError(f"a batched call is a {type(data).__name__}, not pickled bytes")
+        raise TypeError(f"{what} is a {type(data).__name__}, not pickled bytes")
     request = unpickle(data)
     if not isinstance(request, RunnerRequest):
-        raise TypeError(f"a batched call holds a {type(request).__name__}, not a RunnerRequest")
+        raise TypeError(f"{what} holds a {type(request).__name__}, not a RunnerRequest")
     request.validate()
     return request
 
@@ -174,7 +175,7 @@ class RunpyService(FlameService):
         results: list[tuple[bool, Any]] = []
         for i in range(len(rest) + 1):
             try:
-                request = head if i == 0 else _decode_request(rest[i - 1])
+                request = head if i == 0 else _decode_request(rest[i - 1], "a batched call")
                 result = self._call(request, results)
                 outputs.append(self._output(request, result))
                 results.append((True, result))
@@ -211,10 +212,7 @@ class RunpyService(FlameService):
             raise RuntimeError("no session context: on_session_enter did not succeed")
         if context.input is None:
             raise ValueError("task input is missing")
-        request = unpickle(context.input)
-        if not isinstance(request, RunnerRequest):
-            raise TypeError(f"task input holds a {type(request).__name__}, not a RunnerRequest")
-        request.validate()
+        request = _decode_request(context.input, "task input")
         if self._context.stateful and self._ref is not None and not self._wrote_last:
             self._load_context(self._ref)  # the cache's copy is the source of truth
         return request

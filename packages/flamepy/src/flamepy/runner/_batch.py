@@ -37,18 +37,23 @@ from flamepy._errors import InvalidArgumentError, TaskCancelledError, TaskFailed
 from flamepy._pickle import dumps
 from flamepy._types import Task, TaskState
 from flamepy.runner._calls import (
-    INLINE_ATTRIBUTE,
-    INLINE_RESULT_LIMIT,
     MAX_TASK_INPUT,
     CallResult,
     Dependency,
     decode_output,
     failure_of,
     failure_of_output,
+    pickle_request,
     stage_arguments,
 )
 from flamepy.runner._walk import find, replace
-from flamepy.runner.types import BATCH_ATTRIBUTE, BATCH_RESULT_MAGIC, BatchSlot, RunnerRequest
+from flamepy.runner.types import (
+    BATCH_ATTRIBUTE,
+    BATCH_RESULT_MAGIC,
+    ERROR_RESULT_MAGIC,
+    BatchSlot,
+    RunnerRequest,
+)
 
 log = logging.getLogger("flamepy.runner")
 
@@ -238,16 +243,10 @@ class Batcher:
                 return parent
         args = replace(call.args, Dependency, by_id) if deps else call.args
         kwargs = replace(call.kwargs, Dependency, by_id) if deps else call.kwargs
-        request = RunnerRequest(method=call.method, args=args or None, kwargs=kwargs or None)
-        setattr(request, INLINE_ATTRIBUTE, INLINE_RESULT_LIMIT)
         try:
-            call.data = dumps(request)
-        except Exception as exc:
-            what = call.method or "the call"
-            error = InvalidArgumentError(f"cannot pickle the arguments of {what}: {exc}")
-            error.__cause__ = exc
-            raise _Failed(error) from exc
-        call.request = request
+            call.request, call.data = pickle_request(call.method, args, kwargs)
+        except InvalidArgumentError as exc:
+            raise _Failed(exc) from exc
         return None
 
     async def _force_stage(self, call: Call) -> None:
@@ -359,7 +358,7 @@ class Batcher:
                         task_id=task.id,
                     )
                 for call, out in zip(calls, outputs, strict=True):
-                    if out[:4] == b"FLME":
+                    if out[:4] == ERROR_RESULT_MAGIC:
                         self._finish(call, error=failure_of_output(out, task))
                     else:
                         self._finish(call, value=decode_output(out))

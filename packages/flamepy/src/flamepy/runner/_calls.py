@@ -15,8 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import cloudpickle
-
 from flamepy._cache_codec import MAGIC_PICKLE, decode_opaque, unpickle
 from flamepy._errors import (
     InvalidArgumentError,
@@ -24,16 +22,20 @@ from flamepy._errors import (
     RemoteTraceback,
     TaskFailedError,
 )
+from flamepy._pickle import dumps
 from flamepy._types import Task
 from flamepy.core.cache import ObjectRef, put_object_async
-from flamepy.runner.types import ERROR_RESULT_MAGIC, INLINE_RESULT_MAGIC, RunnerRequest
+from flamepy.runner.types import (
+    ERROR_RESULT_MAGIC,
+    INLINE_ATTRIBUTE,
+    INLINE_RESULT_MAGIC,
+    RunnerRequest,
+)
 
 log = logging.getLogger("flamepy.runner")
 
 INLINE_RESULT_LIMIT = 256 * 1024
 """Results up to this size come back inline in the task output (when flmrun serves)."""
-INLINE_ATTRIBUTE = "flame_inline_limit"
-"""Extra RunnerRequest attribute offering inline results; Flame's own runpy ignores it."""
 LARGE_ARGUMENT = 1024 * 1024
 """Top-level arguments larger than this travel through the cache as ObjectRefs."""
 MAX_TASK_INPUT = 3 * 1024 * 1024
@@ -84,28 +86,18 @@ async def stage_arguments(
     return staged, {k: await _maybe_to_cache(v, cache_prefix, force) for k, v in kwargs.items()}
 
 
-async def encode_request(
-    method: str | None,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    *,
-    cache_prefix: str,
-    inline_limit: int = INLINE_RESULT_LIMIT,
-) -> bytes:
-    """One call's pickled RunnerRequest (large arguments moved into the cache first)."""
-    for force in (False, True):
-        args, kwargs = await stage_arguments(args, kwargs, cache_prefix, force)
-        request = RunnerRequest(method=method, args=args or None, kwargs=kwargs or None)
-        setattr(request, INLINE_ATTRIBUTE, inline_limit)
-        try:
-            data: bytes = cloudpickle.dumps(request, protocol=cloudpickle.DEFAULT_PROTOCOL)
-        except Exception as exc:
-            raise InvalidArgumentError(
-                f"cannot pickle the arguments of {method or 'the call'}: {exc}"
-            ) from exc
-        if len(data) <= MAX_TASK_INPUT:
-            break
-    return data
+def pickle_request(
+    method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[RunnerRequest, bytes]:
+    """One call's RunnerRequest (offering inline results) and its pickle."""
+    request = RunnerRequest(method=method, args=args or None, kwargs=kwargs or None)
+    setattr(request, INLINE_ATTRIBUTE, INLINE_RESULT_LIMIT)
+    try:
+        return request, dumps(request)
+    except Exception as exc:
+        raise InvalidArgumentError(
+            f"cannot pickle the arguments of {method or 'the call'}: {exc}"
+        ) from exc
 
 
 async def _maybe_to_cache(value: Any, prefix: str, force: bool = False) -> Any:
@@ -118,7 +110,7 @@ async def _maybe_to_cache(value: Any, prefix: str, force: bool = False) -> Any:
 
 def _pickled_size(value: Any) -> int:
     try:
-        return len(cloudpickle.dumps(value, protocol=cloudpickle.DEFAULT_PROTOCOL))
+        return len(dumps(value))
     except Exception:
         return 0
 

@@ -24,6 +24,9 @@ ERROR_RESULT_MAGIC = b"FLME"
 """Prefix of a Failed task's output that carries the pickled remote exception."""
 BATCH_RESULT_MAGIC = b"FLMB"
 """Prefix of the output of a batch task: pickle(list of per-call outputs)."""
+INLINE_ATTRIBUTE = "flame_inline_limit"
+"""Extra RunnerRequest attribute offering inline results up to that many bytes;
+Flame's own runpy ignores it."""
 BATCH_ATTRIBUTE = "flame_batch"
 """Extra RunnerRequest attribute: the further calls (pickled RunnerRequests) of a
 batch task.  Flame's own runpy ignores it and runs the first call only."""
@@ -110,6 +113,7 @@ __all__ = [
     "BATCH_ATTRIBUTE",
     "BATCH_RESULT_MAGIC",
     "ERROR_RESULT_MAGIC",
+    "INLINE_ATTRIBUTE",
     "INLINE_RESULT_MAGIC",
     "BatchSlot",
     "RunnerContext",
