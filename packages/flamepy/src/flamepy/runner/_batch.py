@@ -296,6 +296,9 @@ class Batcher:
                 batch = self._sealed.popleft()
             elif self._open.calls:
                 batch, self._open = self._open, _Batch()
+                parts = _split(batch, MAX_PENDING_TASKS - self._pending)
+                batch = parts[0]
+                self._sealed.extendleft(reversed(parts[1:]))
             else:
                 return
             self._pending += 1
@@ -421,6 +424,25 @@ def _too_large(call: Call) -> InvalidArgumentError:
         f"with large values moved to the cache; the limit is {MAX_TASK_INPUT}: pass big data "
         "as ObjectRefs (Runner.put_object) or in fewer, smaller arguments"
     )
+
+
+def _split(batch: _Batch, ways: int) -> list[_Batch]:
+    """``batch`` cut into ``ways`` parts of nearly equal size, so that a burst taken
+    at once still reaches every free instance; a batch whose calls refer to each
+    other (BatchSlots) stays whole."""
+    calls = batch.calls
+    if ways < 2 or len(calls) < 2 or any(c.slot_parent is not None for c in calls):
+        return [batch]
+    size = -(-len(calls) // ways)
+    parts = []
+    for start in range(0, len(calls), size):
+        part = _Batch()
+        for call in calls[start : start + size]:
+            call.batch, call.index = part, len(part.calls)
+            part.calls.append(call)
+            part.nbytes += len(call.data)
+        parts.append(part)
+    return parts
 
 
 def _enter(call: Call) -> None:
