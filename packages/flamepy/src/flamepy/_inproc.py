@@ -174,21 +174,29 @@ class InProcessStub:
 
             return stream
 
+        def expired(timeout: float | None) -> grpc.aio.AioRpcError:
+            return grpc.aio.AioRpcError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                f"{name} took longer than {timeout}s",
+            )
+
         async def unary(request: Any, timeout: float | None = None, **_: Any) -> Any:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
             coro = method(_copy(request), _Context())
             try:
-                if asyncio.get_running_loop() is target.loop:
+                if loop is target.loop:
                     reply = await asyncio.wait_for(coro, timeout)
                 else:
                     future = asyncio.run_coroutine_threadsafe(coro, target.loop)
                     reply = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
             except asyncio.TimeoutError:
-                raise grpc.aio.AioRpcError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    grpc.aio.Metadata(),
-                    grpc.aio.Metadata(),
-                    f"{name} took longer than {timeout}s",
-                ) from None
+                raise expired(timeout) from None
+            # As over a channel: a reply that comes after the deadline is not a reply.
+            if timeout is not None and loop.time() - started > timeout:
+                raise expired(timeout)
             return _copy(reply)
 
         return unary

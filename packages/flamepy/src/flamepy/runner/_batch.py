@@ -296,7 +296,7 @@ class Batcher:
                 batch = self._sealed.popleft()
             elif self._open.calls:
                 batch, self._open = self._open, _Batch()
-                parts = _split(batch, MAX_PENDING_TASKS - self._pending)
+                parts = _split(batch, MAX_PENDING_TASKS)
                 batch = parts[0]
                 self._sealed.extendleft(reversed(parts[1:]))
             else:
@@ -428,8 +428,10 @@ def _too_large(call: Call) -> InvalidArgumentError:
 
 def _split(batch: _Batch, ways: int) -> list[_Batch]:
     """``batch`` cut into ``ways`` parts of nearly equal size, so that a burst taken
-    at once still reaches every free instance; a batch whose calls refer to each
-    other (BatchSlots) stays whole."""
+    at once reaches more than one instance: the parts leave as task slots free up,
+    and an instance that finishes early takes the next part instead of finding the
+    whole burst queued behind another.  A batch whose calls refer to each other
+    (BatchSlots) stays whole."""
     calls = batch.calls
     if ways < 2 or len(calls) < 2 or any(c.slot_parent is not None for c in calls):
         return [batch]
