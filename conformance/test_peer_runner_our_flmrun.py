@@ -92,8 +92,9 @@ def test_peer_runner_other_wire_paths_on_our_flmrun(
 def test_peer_class_service_spreads_over_instances(
     peer_python: str, wide_cluster: ClusterThread, tmp_path: Path
 ) -> None:
-    """Why the module runs on one slot: two slow calls of one peer class service run in
-    two instance processes at once (autoscale), so a class holds no shared state."""
+    """Why the module runs on one slot: two calls of one peer class service that wait
+    for each other run in two instance processes at once (autoscale), so a class holds
+    no shared state."""
     home = tmp_path / "home"
     home.mkdir()
     run = ScenarioRunner(

@@ -12,7 +12,9 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -41,6 +43,16 @@ class Counter:
 class Sleeper:
     def pid_after(self, seconds: float) -> int:
         time.sleep(seconds)
+        return os.getpid()
+
+    def meet(self, folder: str, n: int, timeout: float = 60.0) -> int:
+        """Returns once ``n`` instances are in ``folder`` at the same time."""
+        open(os.path.join(folder, str(os.getpid())), "w").close()
+        deadline = time.monotonic() + timeout
+        while len(os.listdir(folder)) < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {os.listdir(folder)} came")
+            time.sleep(0.01)
         return os.getpid()
 
 
@@ -121,8 +133,12 @@ def extras(rr: Runner, name: str) -> dict[str, Any]:
 
 def instances(rr: Runner) -> dict[str, Any]:
     service = rr.service(Sleeper)
-    futures = [service.pid_after(5.0), service.pid_after(5.0)]
-    return {"pids": [f.get() for f in futures]}
+    folder = tempfile.mkdtemp(prefix="meet-")
+    try:  # each call waits for the other: both must run at once, in two instances
+        futures = [service.meet(folder, 2), service.meet(folder, 2)]
+        return {"pids": [f.get() for f in futures]}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def main() -> None:

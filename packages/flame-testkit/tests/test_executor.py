@@ -52,7 +52,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterThread]
         capacity=2,
         delay_release=DELAY_RELEASE,
         retry_limit=3,
-        kill_grace=1.0,
+        kill_grace=5.0,  # flmrun exits well within it; the orphan test waits it out
         work_dir=tmp_path_factory.mktemp("work"),
     )
     with ClusterThread(config) as c:

@@ -43,8 +43,11 @@ def test_close_session_cancels_pending_tasks_and_client_sees_it(
     try:
         ssn = flame_connection.create_session(SessionAttributes(application=app))
         tasks = [ssn.create_task(f"t{i}".encode()) for i in range(3)]
-        future = ssn.run(b"also-pending")
-        time.sleep(0.2)  # let the executor manager try to start an instance
+        future = ssn.run(b"also-pending")  # created in the background
+        deadline = time.monotonic() + WAIT
+        while flame_connection.get_session(ssn.id).pending < 4:
+            assert time.monotonic() < deadline, "the fourth task never came"
+            time.sleep(0.05)
         closed = flame_connection.close_session(ssn.id)
         assert closed.cancelled == 4 and closed.pending == 0
         for task in tasks:

@@ -49,7 +49,7 @@ def test_a_connection_in_this_process_skips_grpc(cluster: ClusterThread) -> None
         ssn = conn.create_session(SessionAttributes(application="flmtest"))
         try:
             assert ssn.invoke(b"direct", timeout=WAIT) == b"echo:direct"
-            task = ssn.create_task(b"sleep:0.2")
+            task = ssn.create_task(b"sleep:3")  # long enough to be watched while running
             states = [t.state for t in ssn.watch_task(task.id, timeout=WAIT)]
             assert states[-1] == TaskState.SUCCEED and len(states) >= 2
             assert [t.id for t in ssn.list_tasks()] == ["1", "2"]

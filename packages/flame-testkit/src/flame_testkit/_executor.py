@@ -39,6 +39,9 @@ from flamepy._types import TaskState
 from flamepy.proto import shim_pb2, shim_pb2_grpc, types_pb2
 from flmrun._errors import FlmrunError
 
+EXIT_CODE_WAIT = 5.0
+"""How long a failed invoke waits for the instance's exit code (it is dying or dead)."""
+
 log = logging.getLogger("flame_testkit.executor")
 
 DEFAULT_CAPACITY = os.cpu_count() or 1
@@ -386,7 +389,7 @@ class ExecutorManager:
             code = None
             if ex.process is not None:
                 with contextlib.suppress(asyncio.TimeoutError):
-                    code = await asyncio.wait_for(ex.process.wait(), 2.0)
+                    code = await asyncio.wait_for(ex.process.wait(), EXIT_CODE_WAIT)
             exit_note = f"; the instance exited with code {code}" if code is not None else ""
             stderr = self.config.work_dir / "logs" / f"{ex.id}.err"
             self.state.complete_task(
