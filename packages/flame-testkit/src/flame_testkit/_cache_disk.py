@@ -35,6 +35,7 @@ from flame_testkit._cache_store import (
     InvalidArgument,
     NativeTable,
     ObjectKey,
+    Opaque,
     Patch,
     binary_cell,
     is_native,
@@ -235,7 +236,7 @@ def binary_chunks(array: pa.Array) -> list[pa.Buffer]:
     return [data[first:last]] if last > first else []
 
 
-def _opaque_batch(version: int, data: bytes) -> pa.RecordBatch:
+def _opaque_batch(version: int, data: Opaque) -> pa.RecordBatch:
     columns = [uint64_array(version), binary_cell(data)]
     return pa.RecordBatch.from_arrays(columns, schema=UPLOAD_SCHEMA)
 

@@ -39,6 +39,8 @@ from flame_testkit._cache_disk import (
     check_opaque_schema,
     parse_storage_url,
 )
+from flame_testkit._cache_local import INLINE_LIMIT as LOCAL_INLINE_LIMIT
+from flame_testkit._cache_local import LocalTransfer, default_parent
 from flame_testkit._cache_store import (
     DEFAULT_MAX_MEMORY,
     CacheError,
@@ -47,11 +49,12 @@ from flame_testkit._cache_store import (
     InvalidArgument,
     NativeTable,
     ObjectStore,
+    Opaque,
     binary_cell,
     is_native,
     parse_key,
 )
-from flamepy._bson import encode
+from flamepy._bson import decode, encode
 from flamepy._cache_codec import uint64_array, utf8_array
 
 log = logging.getLogger("flame_testkit.cache")
@@ -69,6 +72,13 @@ RESPONSE_SCHEMA = pa.schema(
     ]
 )
 """The DoGet reply schema of opaque objects and of "not modified" (§3)."""
+
+LOCAL_ACTIONS = {
+    "LOCAL_DIR": "This server's transfer directory and token (same-host transfers)",
+    "LOCAL_PUT": "Adopt a payload file written in the transfer directory as an object",
+    "LOCAL_GET": "An object as a file of the transfer directory, inline, or 'use DoGet'",
+}
+"""flame-testkit's same-host transfer actions (see ``_cache_local``)."""
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -134,8 +144,10 @@ class CacheFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         port: int = 0,
         tls: tuple[bytes, bytes] | None = None,
         compression: str | None = REPLY_COMPRESSION,
+        local: LocalTransfer | None = None,
     ) -> None:
         self.store = store
+        self.local = local
         self.max_opaque_bytes = MAX_OPAQUE_BYTES
         self.ipc_options = pa.ipc.IpcWriteOptions(compression=compression)
         scheme = "grpc+tls" if tls is not None else "grpc"
@@ -217,16 +229,60 @@ class CacheFlightServer(flight.FlightServerBase):  # type: ignore[misc]
 
     @_mapped
     def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Any:
-        if action.type != "DELETE":
-            raise InvalidArgument(f"unknown action {action.type!r}; only DELETE is supported")
         body = action.body.to_pybytes() if action.body is not None else b""
-        self.store.delete(_text(body, "DELETE body"))
-        return [flight.Result(b"OK")]
+        if action.type == "DELETE":
+            self.store.delete(_text(body, "DELETE body"))
+            return [flight.Result(b"OK")]
+        if self.local is not None and action.type in LOCAL_ACTIONS:
+            return self._local_action(self.local, action.type, body)
+        known = "DELETE" if self.local is None else f"DELETE, {', '.join(LOCAL_ACTIONS)}"
+        raise InvalidArgument(f"unknown action {action.type!r}; supported: {known}")
 
     def list_actions(self, context: flight.ServerCallContext) -> list[flight.ActionType]:
-        return [
+        actions = [
             flight.ActionType("DELETE", "Delete <app>/<session>/<id>, <app>/<session> or <app>/*")
         ]
+        if self.local is not None:
+            actions += [flight.ActionType(name, text) for name, text in LOCAL_ACTIONS.items()]
+        return actions
+
+    def _local_action(self, local: LocalTransfer, kind: str, body: bytes) -> list[flight.Result]:
+        """The same-host transfer actions (``_cache_local``)."""
+        if kind == "LOCAL_DIR":
+            return [flight.Result(encode({"dir": str(local.dir), "token": local.token}))]
+        doc = _bson_body(body, kind)
+        if kind == "LOCAL_PUT":
+            target, name = _str_field(doc, "target", kind), _str_field(doc, "file", kind)
+            parse_key(target)  # refuse a bad key before taking the file
+            buffer = local.adopt(name)
+            if buffer.size > self.max_opaque_bytes:
+                raise InvalidArgument(f"opaque object larger than {self.max_opaque_bytes} bytes")
+            key, version = self.store.put(target, buffer)
+            reply: dict[str, str | int] = {
+                "endpoint": str(self.endpoint),
+                "key": key,
+                "version": version,
+            }
+            return [flight.Result(encode(reply, int64_fields=frozenset({"version"})))]
+        key = _str_field(doc, "key", kind)
+        asked = doc.get("version", 0)
+        if not isinstance(asked, int) or asked < 0:
+            raise InvalidArgument(f"{kind}: version must be a non-negative integer")
+        result = self.store.get(key, asked)
+        if result.kind == "not_modified":
+            return [flight.Result(encode({"mode": "not_modified"}))]
+        base = result.base
+        if result.kind != "full" or result.patches or base is None or isinstance(base, NativeTable):
+            return [flight.Result(encode({"mode": "flight"}))]
+        version = result.base_version
+        mapped = local.file_of(base)
+        if mapped is not None:
+            head = encode({"mode": "file", "version": version, "file": mapped})
+            return [flight.Result(head)]
+        if len(base) <= LOCAL_INLINE_LIMIT:
+            head = encode({"mode": "inline", "version": version})
+            return [flight.Result(head), flight.Result(base)]
+        return [flight.Result(encode({"mode": "flight"}))]
 
     @_mapped
     def get_flight_info(
@@ -262,6 +318,20 @@ class CacheFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         return flight.FlightInfo(schema, descriptor, [endpoint], -1, total_bytes)
 
 
+def _bson_body(body: bytes, kind: str) -> dict[str, Any]:
+    try:
+        return dict(decode(body))
+    except Exception:
+        raise InvalidArgument(f"{kind}: the body is not a BSON document") from None
+
+
+def _str_field(doc: dict[str, Any], name: str, kind: str) -> str:
+    value = doc.get(name)
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{kind}: the body needs a string {name!r}")
+    return value
+
+
 def _batches(reader: flight.MetadataRecordBatchReader) -> Iterator[pa.RecordBatch]:
     while True:
         try:
@@ -274,13 +344,14 @@ def _batches(reader: flight.MetadataRecordBatchReader) -> Iterator[pa.RecordBatc
 
 def _rows(result: GetResult) -> Iterator[pa.RecordBatch]:
     """One record batch per row: the base (full replies) then the patches."""
-    if result.kind == "full" and isinstance(result.base, bytes):
-        yield _row(result.base_version, "base", result.base)
+    base = result.base
+    if result.kind == "full" and base is not None and not isinstance(base, NativeTable):
+        yield _row(result.base_version, "base", base)
     for patch in result.patches:
         yield _row(patch.version, "patch", patch.data)
 
 
-def _row(version: int, kind: str, data: bytes) -> pa.RecordBatch:
+def _row(version: int, kind: str, data: Opaque) -> pa.RecordBatch:
     columns = [uint64_array(version), utf8_array(kind), binary_cell(data)]
     return pa.RecordBatch.from_arrays(columns, schema=RESPONSE_SCHEMA)
 
@@ -303,11 +374,16 @@ class CacheServer:
         tls: tuple[bytes, bytes] | None = None,
         eviction: EvictionPolicy = "lru",
         compression: str | None = REPLY_COMPRESSION,
+        local_transfer: bool = False,
     ) -> None:
         """``compression``: of reply IPC bodies, ``"zstd"`` as Flame's cache does
-        (flame-cache §3); None sends them plain, which every IPC reader accepts."""
+        (flame-cache §3); None sends them plain, which every IPC reader accepts.
+        ``local_transfer``: offer same-host transfers through files in a directory
+        on ``/dev/shm`` (``_cache_local``); clients elsewhere keep to Flight."""
         self.host = host
         self.compression = compression
+        self.local_transfer = local_transfer
+        self._local: LocalTransfer | None = None
         self._requested_port = port
         self.storage = parse_storage_url(storage)
         self.max_memory = max_memory
@@ -328,10 +404,17 @@ class CacheServer:
             eviction=self.eviction,
             disk=disk,
         )
-        self._server = CacheFlightServer(
-            store, self.host, self._requested_port, self._tls, self.compression
-        )
+        local = LocalTransfer(default_parent()) if self.local_transfer else None
+        try:
+            self._server = CacheFlightServer(
+                store, self.host, self._requested_port, self._tls, self.compression, local
+            )
+        except BaseException:
+            if local is not None:
+                local.close()
+            raise
         self._store = store
+        self._local = local
         log.info("object cache listening on %s (storage: %s)", self.endpoint, self.storage)
 
     @property
@@ -348,6 +431,11 @@ class CacheServer:
         return int(self._server.port)
 
     @property
+    def local_dir(self) -> str | None:
+        """The transfer directory of same-host transfers, when they are on."""
+        return str(self._local.dir) if self._local is not None else None
+
+    @property
     def store(self) -> ObjectStore:
         if self._store is None:
             raise RuntimeError("the cache server has not been started")
@@ -360,6 +448,9 @@ class CacheServer:
             server.shutdown()
             server.wait()
             log.info("object cache on %s stopped", server.endpoint)
+        local, self._local = self._local, None
+        if local is not None:
+            local.close()
 
     def __enter__(self) -> CacheServer:
         self.start()

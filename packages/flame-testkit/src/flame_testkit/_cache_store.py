@@ -17,7 +17,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeAlias
 
 import pyarrow as pa
 
@@ -86,7 +86,11 @@ def parse_key(text: str, *, full: bool = False, wildcard: bool = False) -> Objec
     return ObjectKey(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
 
 
-def binary_cell(data: bytes) -> pa.Array:
+Opaque: TypeAlias = "bytes | pa.Buffer"
+"""An opaque payload: bytes, or a buffer (a mapped transfer file, see _cache_local)."""
+
+
+def binary_cell(data: Opaque) -> pa.Array:
     """A one-element Binary array over ``data`` without copying it.
 
     Binary uses 32-bit offsets, so ``data`` must be shorter than 2 GiB.
@@ -121,7 +125,7 @@ def is_native(schema: pa.Schema) -> bool:
     return bool((schema.metadata or {}).get(FORMAT_KEY) == ARROW_TABLE_FORMAT)
 
 
-Base = bytes | NativeTable
+Base: TypeAlias = "Opaque | NativeTable"
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,8 @@ class LocalClusterConfig:
     cache_max_memory: int | None = None
     cache_compression: str | None = REPLY_COMPRESSION
     """Of the cache's reply bodies: ``"zstd"`` as Flame's cache, or None (plain)."""
+    cache_local_transfer: bool = False
+    """Let clients on this host hand payloads over as files on /dev/shm."""
     tls_cert: Path | None = None
     """PEM certificate chain: serve the Frontend over TLS (``https://``) with ``tls_key``."""
     tls_key: Path | None = None
@@ -135,6 +137,7 @@ class LocalCluster:
                 storage=self.config.cache_storage,
                 max_memory=self.config.cache_max_memory or DEFAULT_MAX_MEMORY,
                 compression=self.config.cache_compression,
+                local_transfer=self.config.cache_local_transfer,
             )
             await asyncio.to_thread(self.cache.start)
             self.cache_endpoint = self.cache.endpoint

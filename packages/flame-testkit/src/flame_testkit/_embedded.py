@@ -29,6 +29,7 @@ def embedded_cluster() -> ClusterThread:
                         delay_release=EMBEDDED_DELAY_RELEASE,
                         in_process=True,
                         cache_compression=None,
+                        cache_local_transfer=True,
                     )
                 )
                 cluster.start()

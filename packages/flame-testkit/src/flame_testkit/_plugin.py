@@ -24,7 +24,10 @@ TEST_DELAY_RELEASE = 2
 def flame_cluster_config() -> LocalClusterConfig:
     """Override in a conftest.py to configure :func:`flame_cluster`."""
     return LocalClusterConfig(
-        delay_release=TEST_DELAY_RELEASE, kill_grace=2.0, capacity=max(2, DEFAULT_CAPACITY)
+        delay_release=TEST_DELAY_RELEASE,
+        kill_grace=2.0,
+        capacity=max(2, DEFAULT_CAPACITY),
+        cache_local_transfer=True,  # as the embedded cluster
     )
 
 

@@ -35,6 +35,7 @@ from flamepy._cache_codec import (
     native_version,
     uint64_array,
 )
+from flamepy._cache_local import LOCAL_MIN_BYTES, TransferDir, is_loopback
 from flamepy._errors import (
     ConfigError,
     ConnectionFailedError,
@@ -197,9 +198,67 @@ class CacheClient:
                 ("grpc.max_send_message_length", -1),
             ],
         )
+        self._transfer_lock = threading.Lock()
+        self._transfer_known = False
+        self._transfer: TransferDir | None = None
 
     def close(self) -> None:
         self._client.close()
+
+    # -- same-host transfers (_cache_local) -------------------------------------------
+
+    def transfer_dir(self) -> TransferDir | None:
+        """The cache's transfer directory, when it offers one this host shares
+        (asked once; any failure means no)."""
+        with self._transfer_lock:
+            if self._transfer_known:
+                return self._transfer
+            self._transfer_known = True
+            if not is_loopback(self.endpoint):
+                return None
+            try:
+                results = list(
+                    self._client.do_action(flight.Action("LOCAL_DIR", b""), self._options())
+                )
+                doc = _bson.decode(results[0].body.to_pybytes())
+            except Exception as exc:  # Flame's cache: unknown action
+                log.debug("%s offers no same-host transfers: %s", self.endpoint, exc)
+                return None
+            self._transfer = TransferDir.verified(doc.get("dir"), doc.get("token"))
+            return self._transfer
+
+    def _action(self, kind: str, doc: dict[str, Any]) -> list[pa.Buffer]:
+        results = self._client.do_action(flight.Action(kind, _bson.encode(doc)), self._options())
+        return [r.body for r in results]
+
+    def _put_file(self, where: TransferDir, key: str, payload: pa.Buffer) -> dict[str, Any] | None:
+        """LOCAL_PUT of ``payload``; None when the file cannot be written (then Flight)."""
+        try:
+            name = where.write(payload)
+        except OSError as exc:
+            log.debug("cannot write a transfer file in %s (%s); using Flight", where.path, exc)
+            return None
+        try:
+            bodies = self._action("LOCAL_PUT", {"target": key, "file": name})
+        except BaseException:
+            where.discard(name)
+            raise
+        return _bson.decode(bodies[0].to_pybytes())
+
+    def _get_file(self, where: TransferDir, key: str, asked: int) -> _Entry | str | None:
+        """LOCAL_GET: an entry, ``"not_modified"``, or None (then Flight)."""
+        bodies = self._action("LOCAL_GET", {"key": key, "version": asked})
+        head = _bson.decode(bodies[0].to_pybytes())
+        mode = head.get("mode")
+        version = head.get("version")
+        if mode == "not_modified":
+            return "not_modified"
+        if mode == "inline" and isinstance(version, int) and len(bodies) == 2:
+            return _Entry(version, bodies[1])
+        if mode == "file" and isinstance(version, int) and isinstance(head.get("file"), str):
+            buffer = where.map(str(head["file"]))
+            return None if buffer is None else _Entry(version, buffer)
+        return None
 
     def _options(self, timeout: float | None = None) -> flight.FlightCallOptions:
         return flight.FlightCallOptions(timeout=timeout or self.timeout)
@@ -251,17 +310,22 @@ class CacheClient:
 
     def put_payload(self, key: str, payload: Native | pa.Buffer, what: str) -> tuple[str, str, int]:
         descriptor = flight.FlightDescriptor.for_path(key)
+        result: dict[str, Any] | None = None
         if isinstance(payload, Native):
             table = native_upload_table(payload)
             batches = table.to_batches() or [empty_batch(table.schema)]
             result = self._call(what, lambda: self._do_put(descriptor, table.schema, iter(batches)))
         else:
-            result = self._call(
-                what,
-                lambda: self._do_put(
-                    descriptor, UPLOAD_SCHEMA, self._opaque_batches(payload, UPLOAD_CHUNK)
-                ),
-            )
+            where = self.transfer_dir() if payload.size >= LOCAL_MIN_BYTES else None
+            if where is not None and payload.size <= MAX_OPAQUE:
+                result = self._call(what, lambda: self._put_file(where, key, payload))
+            if result is None:
+                result = self._call(
+                    what,
+                    lambda: self._do_put(
+                        descriptor, UPLOAD_SCHEMA, self._opaque_batches(payload, UPLOAD_CHUNK)
+                    ),
+                )
         ref = (str(result["endpoint"]), str(result["key"]), int(result["version"]))
         base = payload.table if isinstance(payload, Native) else payload
         self.local.put(ref[1], _Entry(version=ref[2], base=base))
@@ -348,6 +412,14 @@ class CacheClient:
         what = f"get_object({key})"
         cached = self.local.get(key)
         asked = cached.version if cached is not None else 0
+        where = self.transfer_dir()
+        if where is not None:
+            found = self._call(what, lambda: self._get_file(where, key, asked))
+            if found == "not_modified" and cached is not None:
+                return cached
+            if isinstance(found, _Entry):
+                self.local.put(key, found)
+                return found
         schema, batches = self._call(what, lambda: self._fetch(key, asked))
         if is_native_schema(schema):
             entry = _Entry(native_version(schema), pa.Table.from_batches(batches, schema=schema))

@@ -19,7 +19,7 @@ import cloudpickle
 import pyarrow as pa
 
 from flamepy._errors import InvalidArgumentError
-from flamepy._pickle import dumps
+from flamepy._pickle import dumps_after
 
 MAGIC_PICKLE = b"FLM\x00"
 MAGIC_TENSOR = b"FLM\x01"
@@ -116,12 +116,11 @@ def encode_opaque(obj: Any, *, tables_as_stream: bool = False) -> pa.Buffer:
     if tables_as_stream and isinstance(obj, pa.RecordBatch):
         return _stream(MAGIC_BATCH, lambda s: _write_batches(s, obj.schema, [obj]))
     try:
-        body = dumps(obj)
+        return pa.py_buffer(dumps_after(MAGIC_PICKLE, obj))
     except Exception as exc:
         raise InvalidArgumentError(
             f"cannot serialize a {type(obj).__name__} for the object cache: {exc}"
         ) from exc
-    return pa.py_buffer(MAGIC_PICKLE + body)
 
 
 def _write_batches(sink: Any, schema: pa.Schema, batches: list[pa.RecordBatch]) -> None:

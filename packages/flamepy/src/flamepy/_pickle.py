@@ -11,6 +11,7 @@ way; everything else goes through cloudpickle.
 
 from __future__ import annotations
 
+import io
 import pickle
 from typing import Any
 
@@ -61,3 +62,13 @@ def dumps(obj: Any) -> bytes:
     if is_plain(obj):
         return pickle.dumps(obj, protocol=PROTOCOL)
     return cloudpickle.dumps(obj, protocol=PROTOCOL)  # type: ignore[no-any-return]
+
+
+def dumps_after(prefix: bytes, obj: Any) -> memoryview:
+    """``prefix`` + ``obj`` pickled (as :func:`dumps`), written once into one buffer:
+    a large ``bytes`` inside ``obj`` is copied once, not again to add the prefix."""
+    sink = io.BytesIO()
+    sink.write(prefix)
+    pickler = pickle.Pickler if is_plain(obj) else cloudpickle.Pickler
+    pickler(sink, protocol=PROTOCOL).dump(obj)
+    return sink.getbuffer()

@@ -1,0 +1,133 @@
+"""Same-host transfers: payloads handed over as files in shared memory.
+
+Over Flight, a 100 MB object is copied by the client into gRPC messages, by the
+kernel twice over loopback, and by the server into one buffer; a reader pays
+the same again.  When the client runs on the cache's host it can do better:
+it writes the encoded payload once into a file in the cache's *transfer
+directory* (on ``/dev/shm`` where there is one, so the file is memory) and
+asks the server to adopt it; the server maps the file instead of reading it.
+A reader on the host maps the same file: an Arrow tensor is then read in
+place, and a pickle is read straight from the mapping.
+
+This is flame-testkit's extension of the protocol (flame-cache.md has a
+related client-side "local storage" path, §10), made of three actions next to
+``DELETE``.  Bodies and the first result of each are BSON documents:
+
+===============  ===============================  ==========================================
+Action           Body                             Results
+===============  ===============================  ==========================================
+``LOCAL_DIR``    (none)                           ``{dir, token}``: the directory, and a token
+                                                  that a client on this host finds in
+                                                  ``<dir>/TOKEN_FILE``
+``LOCAL_PUT``    ``{target, file}``               a PutResult ``{endpoint, key, version}``;
+                                                  ``file`` (a name the client wrote in the
+                                                  directory) now belongs to the server
+``LOCAL_GET``    ``{key, version}`` (the          ``{mode, version, file}``: ``mode`` is
+                 client's version, 0 for none)    ``file`` (map ``file``), ``inline`` (the
+                                                  payload is the second result),
+                                                  ``not_modified`` or ``flight`` (use DoGet)
+===============  ===============================  ==========================================
+
+A server without the directory answers these actions INVALID_ARGUMENT, as
+Flame's cache answers any unknown action, and clients then keep to Flight.
+The file of an adopted object is removed when the store lets go of the object
+(replaced, deleted or evicted) and the last mapping of it is gone; the
+directory is removed when the server stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import re
+import secrets
+import shutil
+import stat
+import tempfile
+import weakref
+from pathlib import Path
+
+import pyarrow as pa
+
+from flame_testkit._cache_store import InvalidArgument
+
+log = logging.getLogger("flame_testkit.cache")
+
+TOKEN_FILE = "TOKEN"
+SHARED_MEMORY = Path("/dev/shm")
+INLINE_LIMIT = 256 * 1024
+"""Payloads up to this size are answered inline by LOCAL_GET, bigger ones as a file."""
+_UPLOAD_NAME = re.compile(r"[0-9a-f]{32}\.part")
+
+
+def default_parent() -> str | None:
+    """``/dev/shm`` when it is a writable directory, else the system temp dir."""
+    if SHARED_MEMORY.is_dir() and os.access(SHARED_MEMORY, os.W_OK | os.X_OK):
+        return str(SHARED_MEMORY)
+    return None
+
+
+def map_file(fd: int) -> pa.Buffer:
+    """The whole of an open regular file, mapped read-only, as a zero-copy buffer
+    (the mapping stays valid after the file is closed and removed)."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise InvalidArgument("a transfer file must be a regular file")
+    if info.st_size == 0:
+        return pa.py_buffer(b"")
+    return pa.py_buffer(mmap.mmap(fd, 0, prot=mmap.PROT_READ))
+
+
+class LocalTransfer:
+    """The transfer directory of one cache server."""
+
+    def __init__(self, parent: str | os.PathLike[str] | None = None) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="flame-cache-", dir=parent))  # mode 0700
+        self.token = secrets.token_hex(16)
+        (self.dir / TOKEN_FILE).write_text(self.token)
+        self._files: dict[int, str] = {}  # id(adopted buffer) -> its file's name
+        self._closed = False
+
+    def adopt(self, name: str) -> pa.Buffer:
+        """Take over the client's file ``name``: renamed to a server-owned name so
+        the client cannot touch it again, mapped, removed once unused."""
+        if not _UPLOAD_NAME.fullmatch(name):
+            raise InvalidArgument(
+                f"transfer file {name!r} is not a name LOCAL_PUT accepts (32 hex digits + .part)"
+            )
+        owned = self.dir / f"{secrets.token_hex(16)}.obj"
+        try:
+            os.rename(self.dir / name, owned)
+        except FileNotFoundError:
+            raise InvalidArgument(f"transfer file {name!r} is not in {self.dir}") from None
+        try:
+            try:
+                fd = os.open(owned, os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError as exc:
+                raise InvalidArgument(
+                    f"transfer file {name!r} must be a regular file: {exc.strerror}"
+                ) from None
+            try:
+                buffer = map_file(fd)
+            finally:
+                os.close(fd)
+        except BaseException:
+            owned.unlink(missing_ok=True)
+            raise
+        self._files[id(buffer)] = owned.name
+        weakref.finalize(buffer, self._forget, id(buffer), owned)
+        return buffer
+
+    def _forget(self, ident: int, path: Path) -> None:
+        self._files.pop(ident, None)
+        path.unlink(missing_ok=True)
+
+    def file_of(self, buffer: object) -> str | None:
+        """The name of the file behind an adopted buffer, or None."""
+        return self._files.get(id(buffer))
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            shutil.rmtree(self.dir, ignore_errors=True)

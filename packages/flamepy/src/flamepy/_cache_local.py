@@ -1,0 +1,105 @@
+"""Same-host transfers with a flame-testkit object cache: payloads as files.
+
+A cache on this host may offer a *transfer directory* (on ``/dev/shm``, so the
+files are memory) through three Flight actions; the server side and the
+action table are in ``flame_testkit._cache_local``.  A put then writes the
+encoded payload once into a file there and has the server adopt it, and a get
+maps the object's file instead of streaming it: an Arrow tensor is read in
+place, a pickle straight from the mapping.
+
+Whether a cache offers it is asked once per client, and only of a cache on a
+loopback address.  The reply must name a directory holding the token the
+server wrote, which proves the two share the file system.  Any other answer
+(Flame's own cache refuses the action) keeps the client on Flight.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import mmap
+import os
+import stat
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+
+log = logging.getLogger("flamepy.cache")
+
+LOCAL_MIN_BYTES = 64 * 1024
+"""Payloads from this size on are handed over as files when the cache offers it."""
+TOKEN_FILE = "TOKEN"
+
+
+@dataclass(frozen=True)
+class TransferDir:
+    """A cache's transfer directory, checked to be the one the server sees."""
+
+    path: Path
+
+    @classmethod
+    def verified(cls, directory: object, token: object) -> TransferDir | None:
+        if not isinstance(directory, str) or not isinstance(token, str) or not token:
+            return None
+        path = Path(directory)
+        try:
+            found = (path / TOKEN_FILE).read_text()
+        except OSError:
+            return None
+        return cls(path) if found == token else None
+
+    def write(self, payload: pa.Buffer) -> str:
+        """Write ``payload`` to a new file here; returns its name (for LOCAL_PUT)."""
+        name = f"{uuid.uuid4().hex}.part"
+        path = self.path / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            view = memoryview(payload).cast("B")
+            written = 0
+            while written < len(view):
+                written += os.write(fd, view[written:])
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        return name
+
+    def discard(self, name: str) -> None:
+        (self.path / name).unlink(missing_ok=True)
+
+    def map(self, name: str) -> pa.Buffer | None:
+        """The file ``name``, mapped read-only; None when it is gone (the object was
+        replaced or deleted meanwhile) or is not a plain file name here."""
+        if "/" in name or name in ("", ".", ".."):
+            return None
+        try:
+            fd = os.open(self.path / name, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return None
+            if info.st_size == 0:
+                return pa.py_buffer(b"")
+            return pa.py_buffer(mmap.mmap(fd, 0, prot=mmap.PROT_READ))
+        finally:
+            os.close(fd)
+
+
+def is_loopback(endpoint: str) -> bool:
+    """Whether the cache endpoint's host is this machine's loopback."""
+    host = urlsplit(endpoint).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+__all__ = ["LOCAL_MIN_BYTES", "TransferDir", "is_loopback"]

@@ -1,0 +1,270 @@
+"""Same-host transfers: payloads handed over as files in the cache's transfer directory.
+
+Real cache servers (flame-testkit's, with ``local_transfer`` on and off), real
+files on /dev/shm, and a raw Flight client to check that what went in as a file
+is served unchanged to clients that keep to Flight (Flame's own SDK).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.flight as flight
+import pytest
+
+from flame_testkit._cache_server import CacheServer
+from flamepy import _bson, _cache_client
+from flamepy._cache_local import LOCAL_MIN_BYTES, TransferDir, is_loopback
+from flamepy._errors import InvalidArgumentError, NotFoundError
+from flamepy.core import cache
+
+BIG = LOCAL_MIN_BYTES * 4
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[CacheServer]:
+    srv = CacheServer(port=0, local_transfer=True, compression=None)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(autouse=True)
+def _clients() -> Iterator[None]:
+    yield
+    _cache_client.reset_clients()
+
+
+def _use(server: CacheServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLAME_CACHE_ENDPOINT", server.endpoint)
+    monkeypatch.setenv("FLAME_ENDPOINT", "http://127.0.0.1:1")  # configured: no embedded cluster
+
+
+def _objects(server: CacheServer) -> list[str]:
+    gc.collect()
+    assert server.local_dir is not None
+    return sorted(p.name for p in Path(server.local_dir).glob("*.obj"))
+
+
+def _raw_get(server: CacheServer, key: str) -> bytes:
+    """What a Flight-only client (Flame's SDK) gets: the base row's data cell."""
+    client = flight.FlightClient(f"grpc://127.0.0.1:{server.port}")
+    try:
+        table = client.do_get(flight.Ticket(f"{key}:0".encode())).read_all()
+    finally:
+        client.close()
+    assert table.column("kind").to_pylist() == ["base"]
+    return bytes(table.column("data")[0].as_py())
+
+
+def test_a_big_put_is_a_file_and_every_client_reads_it(
+    server: CacheServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _use(server, monkeypatch)
+    value = os.urandom(BIG)
+    array = np.arange(BIG // 8, dtype=np.float64)
+    ref = cache.put_object("app/ssn", value)
+    tensor_ref = cache.put_object("app/ssn", array)
+    assert len(_objects(server)) == 2
+    _cache_client.reset_clients()  # a fresh client: no local copy
+    assert cache.get_object(ref) == value
+    got = cache.get_object(tensor_ref)
+    np.testing.assert_array_equal(got, array)
+    assert not got.flags.writeable  # read in place from the mapped file
+    # A client that keeps to Flight gets the same payload, FLM-prefixed (flame-cache §6).
+    payload = _raw_get(server, ref.key)
+    assert payload[:4] == b"FLM\x00"
+    assert cache.get_object(ref) == value
+    assert _raw_get(server, tensor_ref.key)[:4] == b"FLM\x01"
+
+
+def test_small_values_keep_to_flight_and_come_back_inline(
+    server: CacheServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _use(server, monkeypatch)
+    ref = cache.put_object("app/ssn", b"x" * 100)
+    assert _objects(server) == []
+    _cache_client.reset_clients()
+    assert cache.get_object(ref) == b"x" * 100
+
+
+def test_update_and_delete_remove_the_files(
+    server: CacheServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _use(server, monkeypatch)
+    ref = cache.put_object("app/ssn", b"a" * BIG)
+    first = _objects(server)
+    newer = cache.update_object(ref, b"b" * BIG)
+    assert newer.version == 2
+    second = _objects(server)
+    assert len(second) == 1 and second != first  # the old file went with the old version
+    _cache_client.reset_clients()
+    assert cache.get_object(newer) == b"b" * BIG
+    cache.delete_objects("app/ssn")
+    _cache_client.reset_clients()
+    with pytest.raises(NotFoundError):
+        cache.get_object(newer)
+    assert _objects(server) == []
+
+
+def test_an_unchanged_object_moves_no_data(
+    server: CacheServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _use(server, monkeypatch)
+    ref = cache.put_object("app/ssn", b"z" * BIG)
+    client = _cache_client.client_for(server.endpoint)
+    entry = client.local.get(ref.key)
+    assert entry is not None
+    assert client.get_entry(ref.key) is entry  # LOCAL_GET said not modified
+
+
+def test_a_cache_without_transfers_is_used_over_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    with CacheServer(port=0) as plain:
+        _use(plain, monkeypatch)
+        ref = cache.put_object("app/ssn", b"q" * BIG)
+        client = _cache_client.client_for(plain.endpoint)
+        assert client.transfer_dir() is None
+        _cache_client.reset_clients()
+        assert cache.get_object(ref) == b"q" * BIG
+        assert plain.local_dir is None
+
+
+def test_only_a_directory_holding_the_token_is_trusted(tmp_path: Path) -> None:
+    (tmp_path / "TOKEN").write_text("right")
+    assert TransferDir.verified(str(tmp_path), "right") == TransferDir(tmp_path)
+    assert TransferDir.verified(str(tmp_path), "wrong") is None
+    assert TransferDir.verified(str(tmp_path / "missing"), "right") is None
+    assert TransferDir.verified(None, "right") is None
+    assert is_loopback("grpc://127.0.0.1:9090") and is_loopback("grpc://localhost:1")
+    assert is_loopback("grpc://[::1]:9090")
+    assert not is_loopback("grpc://10.1.2.3:9090") and not is_loopback("grpc://cache:9090")
+
+
+def _action(server: CacheServer, kind: str, body: bytes) -> list[bytes]:
+    client = flight.FlightClient(f"grpc://127.0.0.1:{server.port}")
+    try:
+        return [r.body.to_pybytes() for r in client.do_action(flight.Action(kind, body))]
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"not bson", "not a BSON document"),
+        (_bson.encode({"target": "app/ssn"}), "needs a string 'file'"),
+        (_bson.encode({"target": "app/ssn", "file": "../../etc/passwd"}), "is not a name"),
+        (_bson.encode({"target": "app/ssn", "file": "0" * 32 + ".part"}), "is not in"),
+        (_bson.encode({"target": "bad key", "file": "0" * 32 + ".part"}), "invalid key"),
+    ],
+)
+def test_bad_local_puts_are_invalid_argument(
+    server: CacheServer, body: bytes, message: str
+) -> None:
+    with pytest.raises(pa.ArrowInvalid, match=message):
+        _action(server, "LOCAL_PUT", body)
+
+
+def test_a_symlink_is_not_adopted(server: CacheServer, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not yours")
+    assert server.local_dir is not None
+    name = "1" * 32 + ".part"
+    os.symlink(secret, Path(server.local_dir) / name)
+    with pytest.raises(pa.ArrowInvalid, match="regular file"):
+        _action(server, "LOCAL_PUT", _bson.encode({"target": "app/ssn", "file": name}))
+    assert secret.read_bytes() == b"not yours"
+    assert not (Path(server.local_dir) / name).exists()
+
+
+def test_a_server_without_transfers_refuses_the_actions() -> None:
+    with (
+        CacheServer(port=0) as plain,
+        pytest.raises(pa.ArrowInvalid, match="unknown action 'LOCAL_DIR'; supported: DELETE"),
+    ):
+        _action(plain, "LOCAL_DIR", b"")
+
+
+def test_local_get_of_a_missing_key_is_not_found(
+    server: CacheServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _use(server, monkeypatch)
+    with pytest.raises(NotFoundError):
+        cache.get_object(cache.ObjectRef(server.endpoint, "app/ssn/nothing", 1))
+    with pytest.raises(InvalidArgumentError):
+        cache.put_object("not a key", b"v" * BIG)
+
+
+def test_stopping_the_server_removes_the_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    srv = CacheServer(port=0, local_transfer=True)
+    srv.start()
+    directory = srv.local_dir
+    assert directory is not None and Path(directory, "TOKEN").is_file()
+    _use(srv, monkeypatch)
+    cache.put_object("app/ssn", b"w" * BIG)
+    srv.stop()
+    assert not Path(directory).exists()
+
+
+def test_adopted_objects_are_written_to_storage_and_reload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = tmp_path / "store"
+    value = os.urandom(BIG)
+    with CacheServer(port=0, local_transfer=True, storage=str(storage)) as srv:
+        _use(srv, monkeypatch)
+        ref = cache.put_object("app/ssn", value)
+    _cache_client.reset_clients()
+    with CacheServer(port=0, local_transfer=True, storage=str(storage)) as again:
+        _use(again, monkeypatch)
+        moved = cache.ObjectRef(again.endpoint, ref.key, ref.version)
+        assert cache.get_object(moved) == value
+
+
+RUNNER_LIB = """
+import numpy as np
+
+
+def scale(array, factor):
+    return array * factor
+
+
+def echo(data):
+    return bytes(reversed(data))
+"""
+
+
+def test_runner_arguments_and_results_go_as_files(
+    flame_env: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+    import sys
+    import uuid
+
+    from flame_testkit import ClusterThread
+    from flamepy import Runner
+
+    assert isinstance(flame_env, ClusterThread)
+    cache_server = flame_env.cluster.cache
+    assert cache_server is not None and cache_server.local_dir is not None
+    name = f"locallib_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(RUNNER_LIB)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    lib = importlib.import_module(name)
+    try:
+        array = np.random.default_rng(0).random(BIG)  # 8 x BIG bytes
+        data = os.urandom(4 * 1024 * 1024)  # over LARGE_ARGUMENT: staged in the cache
+        with Runner(f"local-{uuid.uuid4().hex[:8]}") as rr:
+            scaled = rr.service(lib.scale)(array, 2.0).get(120)
+            echoed = rr.service(lib.echo)(data).get(120)
+            assert len(_objects(cache_server)) >= 4  # 2 arguments, 2 results
+        np.testing.assert_array_equal(scaled, array * 2.0)
+        assert echoed == data[::-1]
+    finally:
+        sys.modules.pop(name, None)
