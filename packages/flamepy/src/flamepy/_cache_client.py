@@ -35,7 +35,7 @@ from flamepy._cache_codec import (
     native_version,
     uint64_array,
 )
-from flamepy._cache_local import LOCAL_MIN_BYTES, TransferDir, is_loopback
+from flamepy._cache_local import LOCAL_MIN_BYTES, TransferDir, direct_size, is_loopback
 from flamepy._errors import (
     ConfigError,
     ConnectionFailedError,
@@ -238,12 +238,32 @@ class CacheClient:
         except OSError as exc:
             log.debug("cannot write a transfer file in %s (%s); using Flight", where.path, exc)
             return None
+        return self._adopt(where, key, name)
+
+    def _adopt(self, where: TransferDir, key: str, name: str) -> dict[str, Any]:
         try:
             bodies = self._action("LOCAL_PUT", {"target": key, "file": name})
         except BaseException:
             where.discard(name)
             raise
         return _bson.decode(bodies[0].to_pybytes())
+
+    def _put_value(self, where: TransferDir, key: str, obj: Any) -> tuple[str, str, int] | None:
+        """``obj`` encoded straight into a transfer file and adopted; None when it is
+        not such a value or the file cannot be written (then the usual put)."""
+        try:
+            name = where.write_value(obj)
+        except OSError as exc:
+            log.debug("cannot write a transfer file in %s (%s); using Flight", where.path, exc)
+            return None
+        if name is None:
+            return None
+        mapped = where.map(name)  # our own copy, valid after the server renames the file
+        result = self._adopt(where, key, name)
+        ref = (str(result["endpoint"]), str(result["key"]), int(result["version"]))
+        if mapped is not None:
+            self.local.put(ref[1], _Entry(version=ref[2], base=mapped))
+        return ref
 
     def _get_file(self, where: TransferDir, key: str, asked: int) -> _Entry | str | None:
         """LOCAL_GET: an entry, ``"not_modified"``, or None (then Flight)."""
@@ -333,7 +353,14 @@ class CacheClient:
 
     def put(self, key: str, obj: Any) -> tuple[str, str, int]:
         validate_key(key, parts=(2, 3), what="object key or prefix")
-        return self.put_payload(key, encode(obj), f"put_object({key})")
+        what = f"put_object({key})"
+        if direct_size(obj) >= LOCAL_MIN_BYTES:
+            where = self.transfer_dir()
+            if where is not None:
+                ref = self._call(what, lambda: self._put_value(where, key, obj))
+                if ref is not None:
+                    return ref  # type: ignore[no-any-return]
+        return self.put_payload(key, encode(obj), what)
 
     def patch(self, key: str, delta: Any) -> tuple[str, str, int]:
         validate_key(key, parts=(3,), what="object key")

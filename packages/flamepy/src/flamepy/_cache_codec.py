@@ -92,8 +92,7 @@ def _stream(prefix: bytes, write: Any) -> pa.Buffer:
     return sink.getvalue()
 
 
-def _tensor_payload(array: Any) -> pa.Buffer:
-    tensor = pa.Tensor.from_numpy(array)  # zero-copy view of the array's memory
+def _tensor_payload(tensor: pa.Tensor) -> pa.Buffer:
     size = pa.ipc.get_tensor_size(tensor)
     buf = pa.allocate_buffer(len(MAGIC_TENSOR) + size)
     writer = pa.FixedSizeBufferWriter(buf)
@@ -102,12 +101,21 @@ def _tensor_payload(array: Any) -> pa.Buffer:
     return buf
 
 
-def encode_opaque(obj: Any, *, tables_as_stream: bool = False) -> pa.Buffer:
-    """Encode a non-tabular value (or, for patches, a table) as an opaque payload."""
+def tensor_of(obj: Any) -> pa.Tensor | None:
+    """A zero-copy Arrow tensor over ``obj`` when it is a contiguous numeric numpy
+    array (sent as ``FLM\1``), else None."""
     if _module_of(obj) == "numpy" and type(obj).__name__ == "ndarray":
         flags = obj.flags
         if (flags.c_contiguous or flags.f_contiguous) and obj.dtype.kind in "iuf":
-            return _tensor_payload(obj)
+            return pa.Tensor.from_numpy(obj)
+    return None
+
+
+def encode_opaque(obj: Any, *, tables_as_stream: bool = False) -> pa.Buffer:
+    """Encode a non-tabular value (or, for patches, a table) as an opaque payload."""
+    tensor = tensor_of(obj)
+    if tensor is not None:
+        return _tensor_payload(tensor)
     if isinstance(obj, pa.Array):
         batch = pa.RecordBatch.from_arrays([obj], names=["data"])
         return _stream(MAGIC_ARRAY, lambda s: _write_batches(s, batch.schema, [batch]))

@@ -20,18 +20,24 @@ import logging
 import mmap
 import os
 import stat
+import struct
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pyarrow as pa
+
+from flamepy._cache_codec import MAGIC_PICKLE, MAGIC_TENSOR, tensor_of
 
 log = logging.getLogger("flamepy.cache")
 
 LOCAL_MIN_BYTES = 64 * 1024
 """Payloads from this size on are handed over as files when the cache offers it."""
 TOKEN_FILE = "TOKEN"
+_PICKLE_BYTES8 = b"\x80\x05\x8e"  # PROTO 5, BINBYTES8 (then the 8-byte length)
+_PICKLE_STOP = b"."
 
 
 @dataclass(frozen=True)
@@ -53,14 +59,40 @@ class TransferDir:
 
     def write(self, payload: pa.Buffer) -> str:
         """Write ``payload`` to a new file here; returns its name (for LOCAL_PUT)."""
+        return self._write([memoryview(payload).cast("B")])
+
+    def write_value(self, obj: Any) -> str | None:
+        """Encode ``obj`` straight into a new file, for the values whose encoding
+        is their own memory plus a few bytes around it: ``bytes`` (``FLM\0`` and a
+        pickle holding one BINBYTES8) and numeric numpy arrays (``FLM\1`` and an
+        Arrow tensor).  The value's memory is copied once, by the kernel, into the
+        file; None for any other value."""
+        if type(obj) is bytes:
+            head = MAGIC_PICKLE + _PICKLE_BYTES8 + struct.pack("<Q", len(obj))
+            return self._write([head, memoryview(obj), _PICKLE_STOP])
+        tensor = tensor_of(obj)
+        if tensor is None:
+            return None
+        name = self._write([])
+        try:
+            with pa.OSFile(str(self.path / name), "wb") as sink:
+                sink.write(MAGIC_TENSOR)
+                pa.ipc.write_tensor(tensor, sink)
+        except BaseException:
+            self.discard(name)
+            raise
+        return name
+
+    def _write(self, pieces: list[bytes | memoryview]) -> str:
         name = f"{uuid.uuid4().hex}.part"
         path = self.path / name
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
-            view = memoryview(payload).cast("B")
-            written = 0
-            while written < len(view):
-                written += os.write(fd, view[written:])
+            for piece in pieces:
+                view = memoryview(piece).cast("B")
+                written = 0
+                while written < len(view):
+                    written += os.write(fd, view[written:])
         except BaseException:
             os.close(fd)
             path.unlink(missing_ok=True)
@@ -91,6 +123,15 @@ class TransferDir:
             os.close(fd)
 
 
+def direct_size(obj: Any) -> int:
+    """The size of a value :meth:`TransferDir.write_value` writes directly, else 0."""
+    if type(obj) is bytes:
+        return len(obj)
+    if type(obj).__name__ == "ndarray" and type(obj).__module__ == "numpy":
+        return int(obj.nbytes)
+    return 0
+
+
 def is_loopback(endpoint: str) -> bool:
     """Whether the cache endpoint's host is this machine's loopback."""
     host = urlsplit(endpoint).hostname or ""
@@ -102,4 +143,4 @@ def is_loopback(endpoint: str) -> bool:
         return False
 
 
-__all__ = ["LOCAL_MIN_BYTES", "TransferDir", "is_loopback"]
+__all__ = ["LOCAL_MIN_BYTES", "TransferDir", "direct_size", "is_loopback"]
