@@ -233,3 +233,25 @@ def test_state_checkpoints_reach_the_cache_after_the_replies(lib: ModuleType) ->
         while _stored_log(log) != list(range(301)):
             assert time.monotonic() < deadline
             time.sleep(0.05)
+
+
+def test_sequential_calls_share_state_writes(lib: ModuleType) -> None:
+    from flamepy._cache_client import client_for
+    from flmrun._runpy import CHECKPOINT_INTERVAL
+
+    with Runner(_app()) as rr:
+        log = rr.service(lib.Log())
+        log.push(-1).get(WAIT)
+        ref = ObjectRef.decode(log._core._session.result().common_data())  # type: ignore[attr-defined]
+        start = time.monotonic()
+        for i in range(100):
+            assert log.push(i).get(WAIT) == i + 2
+        elapsed = time.monotonic() - start
+        deadline = time.monotonic() + 30
+        while _stored_log(log) != [-1, *range(100)]:  # the newest state still arrives
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        writes = client_for(ref.endpoint).get_entry(ref.key).version - ref.version
+        # At most one write per interval (plus the one in flight), not one per call.
+        assert writes <= elapsed / CHECKPOINT_INTERVAL + 3, (writes, elapsed)
+        assert writes < 100 or elapsed > 100 * CHECKPOINT_INTERVAL

@@ -16,12 +16,16 @@ result of an earlier call of the same batch (see ``flamepy.runner._batch``).
 from __future__ import annotations
 
 import copy
+import functools
 import logging
+import math
 import os
 import pickle
 import sys
 import threading
+import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -50,6 +54,8 @@ log = logging.getLogger("flmrun.runpy")
 FETCH_THREADS = 8
 PACKAGE_SRC_ENV = "FLAME_PACKAGE_SRC"
 CHECKPOINT_FLUSH_TIMEOUT = 30.0
+CHECKPOINT_INTERVAL = 0.05
+"""Seconds between two state snapshots written to the cache, at least."""
 """Seconds session leave waits for the last state snapshot to be stored."""
 
 
@@ -109,7 +115,8 @@ class RunpyService(FlameService):
         self._prefix = ""
         self._wrote_last = False
         self._pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="flmrun-fetch")
-        self._checkpoints = Checkpointer()
+        self._state_lock = threading.Lock()  # held while calls run (see Checkpointer)
+        self._checkpoints = Checkpointer(self._state_lock)
 
     # -- session ------------------------------------------------------------------------
 
@@ -149,6 +156,10 @@ class RunpyService(FlameService):
     # -- tasks --------------------------------------------------------------------------
 
     def on_task_invoke(self, context: TaskContext) -> bytes | None:
+        with self._state_lock:
+            return self._invoke(context)
+
+    def _invoke(self, context: TaskContext) -> bytes | None:
         try:
             request = self._request(context)
             batch = getattr(request, BATCH_ATTRIBUTE, None)
@@ -259,7 +270,7 @@ class RunpyService(FlameService):
             return
         fresh = copy.copy(context)
         fresh.execution_object = self._object
-        self._checkpoints.submit(self._ref, cloudpickle.dumps(fresh))
+        self._checkpoints.changed(self._ref, functools.partial(cloudpickle.dumps, fresh))
         self._context = fresh
         # This instance holds the only copy being written (a stateful object runs on
         # one instance), so the next call need not reload what it just stored.
@@ -267,23 +278,32 @@ class RunpyService(FlameService):
 
 
 class Checkpointer:
-    """Writes state snapshots to the cache in a background thread, newest only.
+    """Writes a stateful object's snapshots to the cache from a background thread.
 
-    A snapshot taken while the previous one is still being written replaces any
-    that waits, so a burst of calls costs one write at a time, and the reply to
-    a call never waits for the cache.  :meth:`flush` (at session leave) waits
-    until the newest snapshot is stored.
+    The worker calls :meth:`changed` after calls changed the state.  The
+    checkpoint thread then takes a snapshot (under ``state_lock``, which the
+    worker holds while a call runs, so a snapshot falls between calls) and
+    writes it, at most once every ``interval`` seconds: a stream of calls costs
+    one write per interval, not one per call, and neither the pickling nor the
+    write is on a reply's path.  A state is in the cache at most ``interval``
+    plus one write after the call that made it; :meth:`flush` (at session
+    leave) writes the newest at once and waits for it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, state_lock: threading.Lock, interval: float = CHECKPOINT_INTERVAL) -> None:
+        self._state_lock = state_lock
+        self._interval = interval
         self._cond = threading.Condition()
-        self._waiting: tuple[ObjectRef, bytes] | None = None
+        self._dirty: tuple[ObjectRef, Callable[[], bytes]] | None = None
         self._busy = False
+        self._hurry = False
+        self._last = -math.inf
         self._thread: threading.Thread | None = None
 
-    def submit(self, ref: ObjectRef, data: bytes) -> None:
+    def changed(self, ref: ObjectRef, snapshot: Callable[[], bytes]) -> None:
+        """The state changed; ``snapshot()`` pickles it (called with the state lock)."""
         with self._cond:
-            self._waiting = (ref, data)
+            self._dirty = (ref, snapshot)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._main, name="flmrun-checkpoint", daemon=True
@@ -294,11 +314,21 @@ class Checkpointer:
     def _main(self) -> None:
         while True:
             with self._cond:
-                while self._waiting is None:
-                    self._cond.wait()
-                (ref, data), self._waiting = self._waiting, None
+                while True:
+                    if self._dirty is not None:
+                        wait = self._last + self._interval - time.monotonic()
+                        if wait <= 0 or self._hurry:
+                            break
+                        self._cond.wait(wait)
+                    else:
+                        self._cond.wait()
+                dirty, self._dirty = self._dirty, None
                 self._busy = True
             try:
+                ref, snapshot = dirty
+                with self._state_lock:
+                    data = snapshot()
+                self._last = time.monotonic()
                 update_object(ref, data)
             except Exception:
                 log.exception("cannot store the state of the session's object")
@@ -308,6 +338,12 @@ class Checkpointer:
                     self._cond.notify_all()
 
     def flush(self, timeout: float = CHECKPOINT_FLUSH_TIMEOUT) -> bool:
-        """Wait until every snapshot is stored; False if that took over ``timeout``."""
+        """Write the newest state now and wait until it is stored; False if that
+        took over ``timeout``."""
         with self._cond:
-            return self._cond.wait_for(lambda: self._waiting is None and not self._busy, timeout)
+            self._hurry = True
+            self._cond.notify_all()
+            try:
+                return self._cond.wait_for(lambda: self._dirty is None and not self._busy, timeout)
+            finally:
+                self._hurry = False
