@@ -26,3 +26,41 @@ def test_plugin_module_holds_fixtures_only() -> None:
     assert set(public) == {
         "flame_cluster", "flame_cluster_config", "flame_endpoint", "flame_env", "flame_connection",
     }  # fmt: skip
+
+
+def test_a_cluster_can_run_on_a_loop_it_does_not_own() -> None:
+    import asyncio
+    import threading
+
+    import pytest
+
+    from flame_testkit import ClusterThread, LocalClusterConfig
+    from flamepy import AsyncConnection
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        cluster = ClusterThread(LocalClusterConfig(cache=False, in_process=True), loop=loop)
+        cluster.start()
+
+        async def on_the_loop() -> list[str]:
+            conn = await AsyncConnection.connect(cluster.endpoint)
+            try:
+                assert conn.in_process  # same loop: the servicer is awaited directly
+                with pytest.raises(RuntimeError, match="its own event loop"):
+                    cluster.call(asyncio.sleep(0))  # would deadlock: refused
+                return [app.name for app in await conn.list_applications()]
+            finally:
+                await conn.close()
+
+        names = asyncio.run_coroutine_threadsafe(on_the_loop(), loop).result(60)
+        assert "flmrun" in names
+        cluster.stop()
+        cluster.stop()  # twice is fine
+        assert loop.is_running()  # the loop is not the cluster's to stop
+        assert cluster.leftover_processes() == []
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

@@ -203,11 +203,19 @@ class LocalCluster:
 
 
 class ClusterThread:
-    """Run a :class:`LocalCluster` on its own event loop in a daemon thread."""
+    """Run a :class:`LocalCluster` on its own event loop in a daemon thread, or on
+    ``loop``, an event loop already running in another thread (the embedded
+    cluster shares flamepy's background loop, so in-process calls to it stay on
+    one thread)."""
 
-    def __init__(self, config: LocalClusterConfig | None = None) -> None:
+    def __init__(
+        self,
+        config: LocalClusterConfig | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self.cluster = LocalCluster(config)
-        self._loop = asyncio.new_event_loop()
+        self._own_loop = loop is None
+        self._loop = loop if loop is not None else asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._main, name="flame-local", daemon=True)
         self._started = False
 
@@ -216,6 +224,16 @@ class ClusterThread:
         self._loop.run_forever()
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = START_TIMEOUT) -> T:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            coro.close()
+            raise RuntimeError(
+                "a blocking call to the local cluster was made from its own event loop; "
+                "await the LocalCluster's coroutines there instead"
+            )
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
             return future.result(timeout)
@@ -224,12 +242,18 @@ class ClusterThread:
             raise
 
     def start(self) -> ClusterThread:
-        self._thread.start()
+        if self._own_loop:
+            self._thread.start()
         self.call(self.cluster.start(), START_TIMEOUT)
         self._started = True
         return self
 
     def stop(self) -> None:
+        if not self._own_loop:
+            if self._started and self._loop.is_running():
+                self._started = False
+                self.call(self.cluster.stop(), STOP_TIMEOUT)
+            return
         if not self._thread.is_alive():
             return
         try:

@@ -6,6 +6,7 @@ import atexit
 import threading
 
 from flame_testkit._cluster import ClusterThread, LocalClusterConfig
+from flamepy._loop import background_loop
 
 _lock = threading.Lock()
 _cluster: ClusterThread | None = None
@@ -13,8 +14,8 @@ _cluster: ClusterThread | None = None
 EMBEDDED_DELAY_RELEASE = 5
 """Idle instances of the embedded cluster are released after 5 s, not 60 s."""
 
-# Everything here runs on one machine: flamepy calls the Frontend in-process, and the
-# cache sends its replies uncompressed (compressing for the loopback interface only
+# Everything here runs on one machine: the cluster runs on flamepy's background loop,
+# flamepy calls the Frontend in-process, and the cache sends its replies uncompressed (compressing for the loopback interface only
 # costs CPU; every IPC reader accepts both).
 
 
@@ -24,13 +25,15 @@ def embedded_cluster() -> ClusterThread:
     if _cluster is None:
         with _lock:
             if _cluster is None:
+                shared = background_loop()  # stopped at exit after the cluster (LIFO)
                 cluster = ClusterThread(
                     LocalClusterConfig(
                         delay_release=EMBEDDED_DELAY_RELEASE,
                         in_process=True,
                         cache_compression=None,
                         cache_local_transfer=True,
-                    )
+                    ),
+                    loop=shared.loop,
                 )
                 cluster.start()
                 atexit.register(_stop)
