@@ -15,8 +15,9 @@ EMBEDDED_DELAY_RELEASE = 5
 """Idle instances of the embedded cluster are released after 5 s, not 60 s."""
 
 # Everything here runs on one machine: the cluster runs on flamepy's background loop,
-# flamepy calls the Frontend in-process, and the cache sends its replies uncompressed (compressing for the loopback interface only
-# costs CPU; every IPC reader accepts both).
+# flamepy calls the Frontend in-process, clients hand large payloads to the cache as
+# files on /dev/shm, and the cache sends its replies uncompressed (compressing for
+# the loopback interface only costs CPU; every IPC reader accepts both).
 
 
 def embedded_cluster() -> ClusterThread:
