@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from flamepy._errors import AlreadyExistsError, InternalError, InvalidArgumentEr
 from flamepy._types import (
     Application,
     ApplicationAttributes,
+    ExecutorState,
     ResourceRequirement,
     SessionAttributes,
     SessionState,
@@ -40,6 +42,10 @@ log = logging.getLogger("flamepy.runner")
 
 CLOSE_WAIT = 60.0
 """Seconds a closing service waits for its calls in flight."""
+LEAVE_WAIT = 10.0
+"""Seconds a closing Runner waits for the instances of its stateful services to leave."""
+LEAVE_POLL = 0.02
+_STILL_BOUND = frozenset({ExecutorState.BINDING, ExecutorState.BOUND, ExecutorState.UNBINDING})
 RESERVED_NAMES = frozenset({"close", "methods", "session_id", "wait_ready"})
 """RunnerService attributes; a user method with one of these names is not wrapped."""
 
@@ -201,18 +207,39 @@ class RunnerCore:
     async def put_object(self, obj: Any) -> Any:
         return await put_object_async(f"{self.name}/shared", obj)
 
+    async def _wait_for_leave(self, conn: AsyncConnection, sessions: set[str]) -> None:
+        """Wait (at most LEAVE_WAIT s) until no instance is bound to ``sessions``, so
+        that a state written at session leave is not written after the cleanup."""
+        deadline = time.monotonic() + LEAVE_WAIT
+        while time.monotonic() < deadline:
+            try:
+                executors = await conn.list_executors()
+            except Exception as exc:  # cleanup goes on regardless
+                log.debug("cannot list executors at close: %s", exc)
+                return
+            if not any(e.session_id in sessions and e.state in _STILL_BOUND for e in executors):
+                return
+            await asyncio.sleep(LEAVE_POLL)
+        log.warning("instances of %s did not leave within %ss", sorted(sessions), LEAVE_WAIT)
+
     async def close(self) -> None:
         """Close this Runner's sessions; if it registered the application, remove it,
         its cache objects and its package."""
         errors: list[BaseException] = []
+        stateful: list[str] = []
         for service in self.services:
             try:
                 await service.close()
+                opened = service.opened_session_id()
+                if service.context.stateful and opened is not None:
+                    stateful.append(opened)
             except Exception as exc:  # keep cleaning up
                 errors.append(exc)
         self.services.clear()
         if self.owner and self.conn is not None:
             self.owner = False
+            if stateful:  # their instances write the newest state at session leave
+                await self._wait_for_leave(self.conn, set(stateful))
             try:
                 await self.conn.unregister_application(self.name)
             except NotFoundError:
@@ -316,6 +343,15 @@ class ServiceCore:
         finally:
             if task is not None:
                 self._inflight.discard(task)
+
+    def opened_session_id(self) -> str | None:
+        """The id of this service's session, if it was opened."""
+        session = self._session
+        if session is None or not session.done() or session.cancelled():
+            return None
+        if session.exception() is not None:
+            return None
+        return session.result().id
 
     async def close(self) -> None:
         """Let calls in flight finish (at most CLOSE_WAIT s), then close the session."""
