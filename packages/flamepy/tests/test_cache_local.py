@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gc
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,10 +19,11 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
+from flame_testkit._cache_local import LocalTransfer
 from flame_testkit._cache_server import CacheServer
 from flamepy import _bson, _cache_client
 from flamepy._cache_local import LOCAL_MIN_BYTES, TransferDir, is_loopback
-from flamepy._errors import InvalidArgumentError, NotFoundError
+from flamepy._errors import NotFoundError
 from flamepy.core import cache
 
 BIG = LOCAL_MIN_BYTES * 4
@@ -51,6 +54,10 @@ def _objects(server: CacheServer) -> list[str]:
     return sorted(p.name for p in Path(server.local_dir).glob("*.obj"))
 
 
+def _no_flight(*args: object) -> object:
+    raise AssertionError("a DoGet was made: the object did not come as a file")
+
+
 def _raw_get(server: CacheServer, key: str) -> bytes:
     """What a Flight-only client (Flame's SDK) gets: the base row's data cell."""
     client = flight.FlightClient(f"grpc://127.0.0.1:{server.port}")
@@ -72,10 +79,11 @@ def test_a_big_put_is_a_file_and_every_client_reads_it(
     tensor_ref = cache.put_object("app/ssn", array)
     assert len(_objects(server)) == 2
     _cache_client.reset_clients()  # a fresh client: no local copy
-    assert cache.get_object(ref) == value
-    got = cache.get_object(tensor_ref)
+    with monkeypatch.context() as patch:
+        patch.setattr(_cache_client.CacheClient, "_fetch", _no_flight)
+        assert cache.get_object(ref) == value
+        got = cache.get_object(tensor_ref)
     np.testing.assert_array_equal(got, array)
-    assert not got.flags.writeable  # read in place from the mapped file
     # A client that keeps to Flight gets the same payload, FLM-prefixed (flame-cache §6).
     payload = _raw_get(server, ref.key)
     assert payload[:4] == b"FLM\x00"
@@ -120,6 +128,7 @@ def test_an_unchanged_object_moves_no_data(
     client = _cache_client.client_for(server.endpoint)
     entry = client.local.get(ref.key)
     assert entry is not None
+    monkeypatch.setattr(_cache_client.CacheClient, "_fetch", _no_flight)
     assert client.get_entry(ref.key) is entry  # LOCAL_GET said not modified
 
 
@@ -131,12 +140,18 @@ def test_a_cache_without_transfers_is_used_over_flight(monkeypatch: pytest.Monke
         assert client.transfer_dir() is None
         _cache_client.reset_clients()
         assert cache.get_object(ref) == b"q" * BIG
-        assert plain.local_dir is None
 
 
 def test_only_a_directory_holding_the_token_is_trusted(tmp_path: Path) -> None:
     (tmp_path / "TOKEN").write_text("right")
+    tmp_path.chmod(0o700)
     assert TransferDir.verified(str(tmp_path), "right") == TransferDir(tmp_path)
+    tmp_path.chmod(0o770)  # others could swap files in it
+    assert TransferDir.verified(str(tmp_path), "right") is None
+    tmp_path.chmod(0o700)
+    link = tmp_path.parent / f"{tmp_path.name}-link"
+    link.symlink_to(tmp_path)
+    assert TransferDir.verified(str(link), "right") is None
     assert TransferDir.verified(str(tmp_path), "wrong") is None
     assert TransferDir.verified(str(tmp_path / "missing"), "right") is None
     assert TransferDir.verified(None, "right") is None
@@ -170,16 +185,25 @@ def test_bad_local_puts_are_invalid_argument(
         _action(server, "LOCAL_PUT", body)
 
 
-def test_a_symlink_is_not_adopted(server: CacheServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["symlink", "hardlink", "directory", "fifo"])
+def test_only_a_plain_file_is_adopted(server: CacheServer, tmp_path: Path, kind: str) -> None:
     secret = tmp_path / "secret"
     secret.write_bytes(b"not yours")
     assert server.local_dir is not None
     name = "1" * 32 + ".part"
-    os.symlink(secret, Path(server.local_dir) / name)
-    with pytest.raises(pa.ArrowInvalid, match="regular file"):
+    path = Path(server.local_dir) / name
+    if kind == "symlink":
+        path.symlink_to(secret)
+    elif kind == "hardlink":
+        os.link(secret, path)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        os.mkfifo(path)  # opening it for reading would block a server thread
+    with pytest.raises(pa.ArrowInvalid, match="must be a regular file"):
         _action(server, "LOCAL_PUT", _bson.encode({"target": "app/ssn", "file": name}))
-    assert secret.read_bytes() == b"not yours"
-    assert not (Path(server.local_dir) / name).exists()
+    assert _objects(server) == []
+    assert server.store.listing() == []
 
 
 def test_a_server_without_transfers_refuses_the_actions() -> None:
@@ -196,8 +220,27 @@ def test_local_get_of_a_missing_key_is_not_found(
     _use(server, monkeypatch)
     with pytest.raises(NotFoundError):
         cache.get_object(cache.ObjectRef(server.endpoint, "app/ssn/nothing", 1))
-    with pytest.raises(InvalidArgumentError):
-        cache.put_object("not a key", b"v" * BIG)
+    bad = _bson.encode({"key": "app/ssn/x", "version": -1})
+    with pytest.raises(pa.ArrowInvalid, match="non-negative"):
+        _action(server, "LOCAL_GET", bad)
+
+
+def test_a_dead_servers_directory_is_removed_by_the_next(tmp_path: Path) -> None:
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead = tmp_path / "flame-cache-dead"
+    live = tmp_path / "flame-cache-live"
+    for path, pid in ((dead, int(gone.stdout)), (live, os.getppid())):
+        path.mkdir()
+        (path / "OWNER").write_text(str(pid))
+        (path / "1.obj").write_bytes(b"x")
+    transfer = LocalTransfer(tmp_path)
+    try:
+        assert not dead.exists()
+        assert (live / "1.obj").exists()
+    finally:
+        transfer.close()
+    assert not transfer.dir.exists()
 
 
 def test_stopping_the_server_removes_the_directory(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -219,6 +262,7 @@ def test_adopted_objects_are_written_to_storage_and_reload(
     with CacheServer(port=0, local_transfer=True, storage=str(storage)) as srv:
         _use(srv, monkeypatch)
         ref = cache.put_object("app/ssn", value)
+        assert len(_objects(srv)) == 1  # it came as a file
     _cache_client.reset_clients()
     with CacheServer(port=0, local_transfer=True, storage=str(storage)) as again:
         _use(again, monkeypatch)

@@ -69,6 +69,21 @@ def nap_or_meet(seconds, folder=None):
     return meet(folder, 2) if folder else nap_pid(seconds)
 
 
+class Holder:
+    def take(self, value):
+        self.value = value
+        return 1
+
+    def lock_up(self):
+        import threading
+
+        self.value = threading.Lock()  # an unpicklable state
+        return 1
+
+    def ping(self):
+        return 2
+
+
 class Boom(Exception):
     pass
 
@@ -255,3 +270,23 @@ def test_sequential_calls_share_state_writes(lib: ModuleType) -> None:
         # At most one write per interval (plus the one in flight), not one per call.
         assert writes <= elapsed / CHECKPOINT_INTERVAL + 3, (writes, elapsed)
         assert writes < 100 or elapsed > 100 * CHECKPOINT_INTERVAL
+
+
+def test_a_state_that_cannot_be_saved_fails_the_next_call(lib: ModuleType) -> None:
+    with Runner(_app()) as rr:
+        holder = rr.service(lib.Holder())
+        assert holder.ping().get(WAIT) == 2
+        assert holder.lock_up().get(WAIT) == 1
+        deadline = time.monotonic() + 30
+        with pytest.raises(RuntimeError, match="could not be saved"):  # noqa: PT012
+            while time.monotonic() < deadline:  # once the snapshot was tried
+                holder.ping().get(WAIT)
+                time.sleep(0.1)
+        assert holder.take(0).get(WAIT) == 1  # a savable state again
+        deadline = time.monotonic() + 30
+        while True:  # the snapshot of the new state succeeds, so calls pass again
+            try:
+                assert holder.ping().get(WAIT) == 2
+                break
+            except RuntimeError:
+                assert time.monotonic() < deadline

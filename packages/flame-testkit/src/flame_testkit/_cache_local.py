@@ -31,14 +31,14 @@ Action           Body                             Results
 A server without the directory answers these actions INVALID_ARGUMENT, as
 Flame's cache answers any unknown action, and clients then keep to Flight.
 The file of an adopted object is removed when the store lets go of the object
-(replaced, deleted or evicted) and the last mapping of it is gone; the
-directory is removed when the server stops.
+(replaced, deleted or evicted); readers' mappings stay valid.  The directory is
+removed when the server stops, or, if its process died, by the next server
+started on the host.
 """
 
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 import re
 import secrets
@@ -51,10 +51,14 @@ from pathlib import Path
 import pyarrow as pa
 
 from flame_testkit._cache_store import InvalidArgument
+from flamepy._cache_local import map_open_file
 
 log = logging.getLogger("flame_testkit.cache")
 
 TOKEN_FILE = "TOKEN"
+OWNER_FILE = "OWNER"
+"""Holds the pid of the server process, so a later server can clear up after a crash."""
+DIR_PREFIX = "flame-cache-"
 SHARED_MEMORY = Path("/dev/shm")
 INLINE_LIMIT = 256 * 1024
 """Payloads up to this size are answered inline by LOCAL_GET, bigger ones as a file."""
@@ -68,23 +72,14 @@ def default_parent() -> str | None:
     return None
 
 
-def map_file(fd: int) -> pa.Buffer:
-    """The whole of an open regular file, mapped read-only, as a zero-copy buffer
-    (the mapping stays valid after the file is closed and removed)."""
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        raise InvalidArgument("a transfer file must be a regular file")
-    if info.st_size == 0:
-        return pa.py_buffer(b"")
-    return pa.py_buffer(mmap.mmap(fd, 0, prot=mmap.PROT_READ))
-
-
 class LocalTransfer:
     """The transfer directory of one cache server."""
 
     def __init__(self, parent: str | os.PathLike[str] | None = None) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="flame-cache-", dir=parent))  # mode 0700
+        sweep_orphans(Path(parent or tempfile.gettempdir()))
+        self.dir = Path(tempfile.mkdtemp(prefix=DIR_PREFIX, dir=parent))  # mode 0700
         self.token = secrets.token_hex(16)
+        (self.dir / OWNER_FILE).write_text(str(os.getpid()))
         (self.dir / TOKEN_FILE).write_text(self.token)
         self._files: dict[int, str] = {}  # id(adopted buffer) -> its file's name
         self._closed = False
@@ -96,25 +91,34 @@ class LocalTransfer:
             raise InvalidArgument(
                 f"transfer file {name!r} is not a name LOCAL_PUT accepts (32 hex digits + .part)"
             )
+        given = self.dir / name
+        try:
+            info = given.lstat()
+        except FileNotFoundError:
+            raise InvalidArgument(f"transfer file {name!r} is not in {self.dir}") from None
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            raise InvalidArgument(
+                f"transfer file {name!r} must be a regular file with no other links"
+            )
         owned = self.dir / f"{secrets.token_hex(16)}.obj"
         try:
-            os.rename(self.dir / name, owned)
+            os.rename(given, owned)
         except FileNotFoundError:
             raise InvalidArgument(f"transfer file {name!r} is not in {self.dir}") from None
         try:
-            try:
-                fd = os.open(owned, os.O_RDONLY | os.O_NOFOLLOW)
-            except OSError as exc:
-                raise InvalidArgument(
-                    f"transfer file {name!r} must be a regular file: {exc.strerror}"
-                ) from None
-            try:
-                buffer = map_file(fd)
-            finally:
-                os.close(fd)
-        except BaseException:
+            fd = os.open(owned, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as exc:
             owned.unlink(missing_ok=True)
-            raise
+            raise InvalidArgument(
+                f"transfer file {name!r} cannot be opened: {exc.strerror}"
+            ) from None
+        try:
+            buffer = map_open_file(fd)
+        except ValueError as exc:
+            owned.unlink(missing_ok=True)
+            raise InvalidArgument(f"transfer file {name!r}: {exc}") from None
+        finally:
+            os.close(fd)
         self._files[id(buffer)] = owned.name
         weakref.finalize(buffer, self._forget, id(buffer), owned)
         return buffer
@@ -131,3 +135,33 @@ class LocalTransfer:
         if not self._closed:
             self._closed = True
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def sweep_orphans(parent: Path) -> list[Path]:
+    """Remove the transfer directories in ``parent`` of cache servers that died
+    without stopping (SIGKILL, a crash): this user's, whose owner process is gone.
+    Returns what it removed."""
+    removed = []
+    for path in parent.glob(f"{DIR_PREFIX}*"):
+        try:
+            if path.is_symlink() or path.lstat().st_uid != os.getuid():
+                continue
+            owner = int((path / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if owner == os.getpid() or _alive(owner):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        log.info("removed %s, left by cache process %d", path, owner)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -139,7 +139,10 @@ class LocalCluster:
                 compression=self.config.cache_compression,
                 local_transfer=self.config.cache_local_transfer,
             )
-            await asyncio.to_thread(self.cache.start)
+            # Its own thread, not the default pool: on the embedded cluster that pool is
+            # shared with flamepy, whose threads may be waiting for this very start.
+            with concurrent.futures.ThreadPoolExecutor(1, "flame-cache-start") as pool:
+                await asyncio.get_running_loop().run_in_executor(pool, self.cache.start)
             self.cache_endpoint = self.cache.endpoint
         executors: list[ExecutorManager] = []
         servicer = FrontendServicer(
@@ -244,8 +247,12 @@ class ClusterThread:
     def start(self) -> ClusterThread:
         if self._own_loop:
             self._thread.start()
-        self.call(self.cluster.start(), START_TIMEOUT)
-        self._started = True
+        self._started = True  # from here on, stop() tears down whatever started
+        try:
+            self.call(self.cluster.start(), START_TIMEOUT)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:

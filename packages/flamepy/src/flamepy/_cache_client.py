@@ -8,6 +8,7 @@ client is blocking; the async API runs these calls on a small bounded pool.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import uuid
@@ -15,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -48,6 +49,8 @@ from flamepy._errors import (
 
 log = logging.getLogger("flamepy.cache")
 
+TRANSFER_PROBE_TIMEOUT = 5.0
+"""Seconds to wait for a cache's answer to LOCAL_DIR."""
 UPLOAD_CHUNK = 8 * 1024 * 1024
 """Opaque payloads are sent as rows of at most this many bytes, one per message."""
 FILE_CHUNK = 1024 * 1024
@@ -208,54 +211,80 @@ class CacheClient:
     # -- same-host transfers (_cache_local) -------------------------------------------
 
     def transfer_dir(self) -> TransferDir | None:
-        """The cache's transfer directory, when it offers one this host shares
-        (asked once; any failure means no)."""
+        """The cache's transfer directory, when it offers one this host shares.
+
+        A clear no (the action is unknown, as at Flame's cache, or the directory is
+        not one we can trust) is remembered; a failure to ask is not, and the next
+        large put or get asks again."""
         with self._transfer_lock:
             if self._transfer_known:
                 return self._transfer
-            self._transfer_known = True
             if not is_loopback(self.endpoint):
+                self._transfer_known = True
                 return None
             try:
                 results = list(
-                    self._client.do_action(flight.Action("LOCAL_DIR", b""), self._options())
+                    self._client.do_action(
+                        flight.Action("LOCAL_DIR", b""), self._options(TRANSFER_PROBE_TIMEOUT)
+                    )
                 )
-                doc = _bson.decode(results[0].body.to_pybytes())
-            except Exception as exc:  # Flame's cache: unknown action
+                doc = _bson.decode(results[0].body.to_pybytes()) if results else {}
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
                 log.debug("%s offers no same-host transfers: %s", self.endpoint, exc)
+                self._transfer_known = True
+                return None
+            except Exception as exc:  # unreachable or slow: ask again later
+                log.debug("cannot ask %s for same-host transfers: %s", self.endpoint, exc)
                 return None
             self._transfer = TransferDir.verified(doc.get("dir"), doc.get("token"))
+            self._transfer_known = True
             return self._transfer
 
-    def _action(self, kind: str, doc: dict[str, Any]) -> list[pa.Buffer]:
+    def _forget_transfer_dir(self) -> None:
+        """The directory went away (the cache restarted): ask again next time."""
+        with self._transfer_lock:
+            self._transfer_known = False
+            self._transfer = None
+
+    def _action(self, kind: str, doc: dict[str, Any]) -> tuple[dict[str, Any], list[pa.Buffer]]:
+        """One of the transfer actions: its BSON head and the further result bodies."""
         results = self._client.do_action(flight.Action(kind, _bson.encode(doc)), self._options())
-        return [r.body for r in results]
+        bodies = [r.body for r in results]
+        try:
+            head = _bson.decode(bodies[0].to_pybytes())
+        except Exception as exc:
+            raise InternalError(f"the object cache sent a malformed {kind} reply") from exc
+        return head, bodies[1:]
+
+    def _written(self, where: TransferDir, write: Callable[[], str | None]) -> str | None:
+        """The name ``write()`` gave, or None when the file could not be written."""
+        try:
+            return write()
+        except OSError as exc:
+            log.debug("cannot write a transfer file in %s (%s); using Flight", where.path, exc)
+            if exc.errno == errno.ENOENT:
+                self._forget_transfer_dir()
+            return None
 
     def _put_file(self, where: TransferDir, key: str, payload: pa.Buffer) -> dict[str, Any] | None:
         """LOCAL_PUT of ``payload``; None when the file cannot be written (then Flight)."""
-        try:
-            name = where.write(payload)
-        except OSError as exc:
-            log.debug("cannot write a transfer file in %s (%s); using Flight", where.path, exc)
-            return None
-        return self._adopt(where, key, name)
+        name = self._written(where, lambda: where.write(payload))
+        return None if name is None else self._adopt(where, key, name)
 
     def _adopt(self, where: TransferDir, key: str, name: str) -> dict[str, Any]:
         try:
-            bodies = self._action("LOCAL_PUT", {"target": key, "file": name})
+            head, _ = self._action("LOCAL_PUT", {"target": key, "file": name})
         except BaseException:
             where.discard(name)
             raise
-        return _bson.decode(bodies[0].to_pybytes())
+        if not {"endpoint", "key", "version"} <= head.keys():
+            raise InternalError(f"the object cache's LOCAL_PUT reply lacks a field: {head}")
+        return head
 
     def _put_value(self, where: TransferDir, key: str, obj: Any) -> tuple[str, str, int] | None:
         """``obj`` encoded straight into a transfer file and adopted; None when it is
         not such a value or the file cannot be written (then the usual put)."""
-        try:
-            name = where.write_value(obj)
-        except OSError as exc:
-            log.debug("cannot write a transfer file in %s (%s); using Flight", where.path, exc)
-            return None
+        name = self._written(where, lambda: where.write_value(obj))
         if name is None:
             return None
         mapped = where.map(name)  # our own copy, valid after the server renames the file
@@ -265,16 +294,17 @@ class CacheClient:
             self.local.put(ref[1], _Entry(version=ref[2], base=mapped))
         return ref
 
-    def _get_file(self, where: TransferDir, key: str, asked: int) -> _Entry | str | None:
+    def _get_file(
+        self, where: TransferDir, key: str, asked: int
+    ) -> _Entry | Literal["not_modified"] | None:
         """LOCAL_GET: an entry, ``"not_modified"``, or None (then Flight)."""
-        bodies = self._action("LOCAL_GET", {"key": key, "version": asked})
-        head = _bson.decode(bodies[0].to_pybytes())
+        head, rest = self._action("LOCAL_GET", {"key": key, "version": asked})
         mode = head.get("mode")
         version = head.get("version")
         if mode == "not_modified":
             return "not_modified"
-        if mode == "inline" and isinstance(version, int) and len(bodies) == 2:
-            return _Entry(version, bodies[1])
+        if mode == "inline" and isinstance(version, int) and len(rest) == 1:
+            return _Entry(version, rest[0])
         if mode == "file" and isinstance(version, int) and isinstance(head.get("file"), str):
             buffer = where.map(str(head["file"]))
             return None if buffer is None else _Entry(version, buffer)
@@ -439,7 +469,9 @@ class CacheClient:
         what = f"get_object({key})"
         cached = self.local.get(key)
         asked = cached.version if cached is not None else 0
-        where = self.transfer_dir()
+        # A native table is not served as a file: ask for it over Flight at once.
+        native = cached is not None and isinstance(cached.base, pa.Table)
+        where = None if native else self.transfer_dir()
         if where is not None:
             found = self._call(what, lambda: self._get_file(where, key, asked))
             if found == "not_modified" and cached is not None:

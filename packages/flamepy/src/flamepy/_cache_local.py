@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import mmap
 import os
 import stat
 import struct
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,12 +48,19 @@ class TransferDir:
 
     @classmethod
     def verified(cls, directory: object, token: object) -> TransferDir | None:
+        """The directory, if it holds ``token`` and is ours alone (owned by this
+        user, writable by no one else); else None."""
         if not isinstance(directory, str) or not isinstance(token, str) or not token:
             return None
         path = Path(directory)
         try:
+            info = path.lstat()
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+                return None
+            if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                return None
             found = (path / TOKEN_FILE).read_text()
-        except OSError:
+        except (OSError, ValueError):
             return None
         return cls(path) if found == token else None
 
@@ -63,8 +70,8 @@ class TransferDir:
 
     def write_value(self, obj: Any) -> str | None:
         """Encode ``obj`` straight into a new file, for the values whose encoding
-        is their own memory plus a few bytes around it: ``bytes`` (``FLM\0`` and a
-        pickle holding one BINBYTES8) and numeric numpy arrays (``FLM\1`` and an
+        is their own memory plus a few bytes around it: ``bytes`` (``FLM\\0`` and a
+        pickle holding one BINBYTES8) and numeric numpy arrays (``FLM\\1`` and an
         Arrow tensor).  The value's memory is copied once, by the kernel, into the
         file; None for any other value."""
         if type(obj) is bytes:
@@ -73,31 +80,36 @@ class TransferDir:
         tensor = tensor_of(obj)
         if tensor is None:
             return None
-        name = self._write([])
-        try:
-            with pa.OSFile(str(self.path / name), "wb") as sink:
+
+        def fill(fd: int) -> None:
+            # Through the descriptor we created (O_EXCL, O_NOFOLLOW), not the name.
+            with pa.OSFile(f"/proc/self/fd/{fd}", "wb") as sink:
                 sink.write(MAGIC_TENSOR)
                 pa.ipc.write_tensor(tensor, sink)
-        except BaseException:
-            self.discard(name)
-            raise
-        return name
+
+        return self._create(fill)
 
     def _write(self, pieces: list[bytes | memoryview]) -> str:
-        name = f"{uuid.uuid4().hex}.part"
-        path = self.path / name
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
+        def fill(fd: int) -> None:
             for piece in pieces:
                 view = memoryview(piece).cast("B")
                 written = 0
                 while written < len(view):
                     written += os.write(fd, view[written:])
+
+        return self._create(fill)
+
+    def _create(self, fill: Callable[[int], None]) -> str:
+        name = f"{uuid.uuid4().hex}.part"
+        path = self.path / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            fill(fd)
         except BaseException:
-            os.close(fd)
             path.unlink(missing_ok=True)
             raise
-        os.close(fd)
+        finally:
+            os.close(fd)
         return name
 
     def discard(self, name: str) -> None:
@@ -106,21 +118,34 @@ class TransferDir:
     def map(self, name: str) -> pa.Buffer | None:
         """The file ``name``, mapped read-only; None when it is gone (the object was
         replaced or deleted meanwhile) or is not a plain file name here."""
-        if "/" in name or name in ("", ".", ".."):
+        if "/" in name or "\0" in name or name in ("", ".", ".."):
             return None
         try:
-            fd = os.open(self.path / name, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(self.path / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return None
         try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                return None
-            if info.st_size == 0:
-                return pa.py_buffer(b"")
-            return pa.py_buffer(mmap.mmap(fd, 0, prot=mmap.PROT_READ))
+            return map_open_file(fd)
+        except (OSError, ValueError):
+            return None
         finally:
             os.close(fd)
+
+
+def map_open_file(fd: int) -> pa.Buffer:
+    """The whole of an open regular file, mapped read-only, as a zero-copy buffer.
+
+    The mapping outlives the file's name and keeps no descriptor open (Python's
+    ``mmap`` keeps a duplicate until 3.13; Arrow's does not), so thousands of
+    mapped objects cost no file descriptors.  ValueError if it is not a regular file.
+    """
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        raise ValueError("a transfer file must be a regular file")
+    source = pa.memory_map(f"/proc/self/fd/{fd}")
+    try:
+        return source.read_buffer()
+    finally:
+        source.close()
 
 
 def direct_size(obj: Any) -> int:
@@ -143,4 +168,4 @@ def is_loopback(endpoint: str) -> bool:
         return False
 
 
-__all__ = ["LOCAL_MIN_BYTES", "TransferDir", "direct_size", "is_loopback"]
+__all__ = ["LOCAL_MIN_BYTES", "TransferDir", "direct_size", "is_loopback", "map_open_file"]

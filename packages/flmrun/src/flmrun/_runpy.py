@@ -54,9 +54,9 @@ log = logging.getLogger("flmrun.runpy")
 FETCH_THREADS = 8
 PACKAGE_SRC_ENV = "FLAME_PACKAGE_SRC"
 CHECKPOINT_FLUSH_TIMEOUT = 30.0
+"""Seconds session leave waits for the last state snapshot to be stored."""
 CHECKPOINT_INTERVAL = 0.05
 """Seconds between two state snapshots written to the cache, at least."""
-"""Seconds session leave waits for the last state snapshot to be stored."""
 
 
 def _bson_ref(value: bytes) -> ObjectRef | None:
@@ -148,7 +148,8 @@ class RunpyService(FlameService):
         self._object = obj() if isinstance(obj, type) else obj
 
     def on_session_leave(self) -> None:
-        self._checkpoints.flush()
+        if not self._checkpoints.flush():
+            log.warning("the newest state of the session's object was not saved at leave")
         self._context = None
         self._object = None
         self._ref = None
@@ -287,7 +288,9 @@ class Checkpointer:
     one write per interval, not one per call, and neither the pickling nor the
     write is on a reply's path.  A state is in the cache at most ``interval``
     plus one write after the call that made it; :meth:`flush` (at session
-    leave) writes the newest at once and waits for it.
+    leave) writes the newest at once and waits for it.  A snapshot that cannot
+    be taken or stored fails the next call that changes the state (as it failed
+    the call itself when snapshots were taken on the reply's path), and the flush.
     """
 
     def __init__(self, state_lock: threading.Lock, interval: float = CHECKPOINT_INTERVAL) -> None:
@@ -298,10 +301,12 @@ class Checkpointer:
         self._busy = False
         self._hurry = False
         self._last = -math.inf
+        self._failure: BaseException | None = None
         self._thread: threading.Thread | None = None
 
     def changed(self, ref: ObjectRef, snapshot: Callable[[], bytes]) -> None:
-        """The state changed; ``snapshot()`` pickles it (called with the state lock)."""
+        """The state changed; ``snapshot()`` pickles it (called with the state lock).
+        Raises if the previous snapshot could not be taken or stored."""
         with self._cond:
             self._dirty = (ref, snapshot)
             if self._thread is None:
@@ -310,6 +315,7 @@ class Checkpointer:
                 )
                 self._thread.start()
             self._cond.notify_all()
+            self._raise_failure()
 
     def _main(self) -> None:
         while True:
@@ -330,8 +336,10 @@ class Checkpointer:
                     data = snapshot()
                 self._last = time.monotonic()
                 update_object(ref, data)
-            except Exception:
+            except BaseException as exc:
                 log.exception("cannot store the state of the session's object")
+                with self._cond:
+                    self._failure = exc
             finally:
                 with self._cond:
                     self._busy = False
@@ -344,6 +352,16 @@ class Checkpointer:
             self._hurry = True
             self._cond.notify_all()
             try:
-                return self._cond.wait_for(lambda: self._dirty is None and not self._busy, timeout)
+                done = self._cond.wait_for(lambda: self._dirty is None and not self._busy, timeout)
             finally:
                 self._hurry = False
+            failed, self._failure = self._failure, None
+            return done and failed is None
+
+    def _raise_failure(self) -> None:
+        failed, self._failure = self._failure, None
+        if failed is not None:
+            raise RuntimeError(
+                f"the state of the session's object could not be saved: "
+                f"{type(failed).__name__}: {failed}"
+            ) from failed

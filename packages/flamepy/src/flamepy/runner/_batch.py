@@ -296,7 +296,8 @@ class Batcher:
                 batch = self._sealed.popleft()
             elif self._open.calls:
                 batch, self._open = self._open, _Batch()
-                parts = _split(batch, MAX_PENDING_TASKS)
+                # An ordered service runs on one instance: cutting would only add tasks.
+                parts = [batch] if self._ordered else _split(batch, MAX_PENDING_TASKS)
                 batch = parts[0]
                 self._sealed.extendleft(reversed(parts[1:]))
             else:

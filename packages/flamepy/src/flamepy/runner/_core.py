@@ -238,14 +238,14 @@ class RunnerCore:
         self.services.clear()
         if self.owner and self.conn is not None:
             self.owner = False
-            if stateful:  # their instances write the newest state at session leave
-                await self._wait_for_leave(self.conn, set(stateful))
             try:
                 await self.conn.unregister_application(self.name)
             except NotFoundError:
                 pass
             except Exception as exc:
                 errors.append(exc)
+            if stateful:  # their instances write the newest state at session leave
+                await self._wait_for_leave(self.conn, set(stateful))
             try:
                 await asyncio.to_thread(delete_objects, f"{self.name}/*")
             except Exception as exc:
