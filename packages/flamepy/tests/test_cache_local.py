@@ -194,8 +194,10 @@ def test_only_a_plain_file_is_adopted(server: CacheServer, tmp_path: Path, kind:
     path = Path(server.local_dir) / name
     if kind == "symlink":
         path.symlink_to(secret)
-    elif kind == "hardlink":
-        os.link(secret, path)
+    elif kind == "hardlink":  # another name of a file the server might serve
+        other = Path(server.local_dir) / "other"
+        other.write_bytes(b"not yours")
+        os.link(other, path)
     elif kind == "directory":
         path.mkdir()
     else:
