@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 SCRIPT = """
@@ -65,6 +66,13 @@ time.sleep(120)
 """
 
 
+def _owner(path: Path) -> int | None:
+    try:
+        return int((path / "OWNER").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def test_instances_die_with_a_killed_client(tmp_path: Path) -> None:
     import signal
     import time
@@ -90,6 +98,14 @@ def test_instances_die_with_a_killed_client(tmp_path: Path) -> None:
                 break
             assert time.monotonic() < deadline, "the instance outlived its killed client"
             time.sleep(0.1)
+        # Its cache's transfer directory in shared memory is removed by the next cache.
+        from flame_testkit._cache_local import default_parent, sweep_orphans
+
+        parent = Path(default_parent() or tempfile.gettempdir())
+        left = [p for p in parent.glob("flame-cache-*") if _owner(p) == proc.pid]
+        assert len(left) == 1
+        assert left[0] in sweep_orphans(parent)
+        assert not left[0].exists()
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -52,6 +52,7 @@ def _config(args: argparse.Namespace) -> LocalClusterConfig:
         capacity=args.capacity,
         work_dir=args.work_dir,
         delay_release=args.delay_release,
+        cache_local_transfer=True,  # clients on this host hand over large payloads as files
     )
 
 
