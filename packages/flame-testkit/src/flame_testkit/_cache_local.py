@@ -51,7 +51,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from flame_testkit._cache_store import InvalidArgument
-from flamepy._cache_local import map_open_file
+from flamepy._cache_local import map_file
 
 log = logging.getLogger("flame_testkit.cache")
 
@@ -106,19 +106,15 @@ class LocalTransfer:
         except FileNotFoundError:
             raise InvalidArgument(f"transfer file {name!r} is not in {self.dir}") from None
         try:
-            fd = os.open(owned, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            buffer = map_file(owned)
         except OSError as exc:
             owned.unlink(missing_ok=True)
             raise InvalidArgument(
                 f"transfer file {name!r} cannot be opened: {exc.strerror}"
             ) from None
-        try:
-            buffer = map_open_file(fd)
         except ValueError as exc:
             owned.unlink(missing_ok=True)
             raise InvalidArgument(f"transfer file {name!r}: {exc}") from None
-        finally:
-            os.close(fd)
         self._files[id(buffer)] = owned.name
         weakref.finalize(buffer, self._forget, id(buffer), owned)
         return buffer

@@ -288,10 +288,16 @@ class CacheClient:
         if name is None:
             return None
         mapped = where.map(name)  # our own copy, valid after the server renames the file
-        result = self._adopt(where, key, name)
+        return self._remember(self._adopt(where, key, name), mapped)
+
+    def _remember(
+        self, result: dict[str, Any], base: pa.Buffer | pa.Table | None
+    ) -> tuple[str, str, int]:
+        """The (endpoint, key, version) of a PutResult; what was put (when at hand)
+        is kept in the local cache, so a get of our own put moves no data."""
         ref = (str(result["endpoint"]), str(result["key"]), int(result["version"]))
-        if mapped is not None:
-            self.local.put(ref[1], _Entry(version=ref[2], base=mapped))
+        if base is not None:
+            self.local.put(ref[1], _Entry(version=ref[2], base=base))
         return ref
 
     def _get_file(
@@ -376,10 +382,7 @@ class CacheClient:
                         descriptor, UPLOAD_SCHEMA, self._opaque_batches(payload, UPLOAD_CHUNK)
                     ),
                 )
-        ref = (str(result["endpoint"]), str(result["key"]), int(result["version"]))
-        base = payload.table if isinstance(payload, Native) else payload
-        self.local.put(ref[1], _Entry(version=ref[2], base=base))
-        return ref
+        return self._remember(result, payload.table if isinstance(payload, Native) else payload)
 
     def put(self, key: str, obj: Any) -> tuple[str, str, int]:
         validate_key(key, parts=(2, 3), what="object key or prefix")

@@ -66,7 +66,7 @@ class TransferDir:
 
     def write(self, payload: pa.Buffer) -> str:
         """Write ``payload`` to a new file here; returns its name (for LOCAL_PUT)."""
-        return self._write([memoryview(payload).cast("B")])
+        return self._write([memoryview(payload)])
 
     def write_value(self, obj: Any) -> str | None:
         """Encode ``obj`` straight into a new file, for the values whose encoding
@@ -121,31 +121,31 @@ class TransferDir:
         if "/" in name or "\0" in name or name in ("", ".", ".."):
             return None
         try:
-            fd = os.open(self.path / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError:
-            return None
-        try:
-            return map_open_file(fd)
+            return map_file(self.path / name)
         except (OSError, ValueError):
             return None
-        finally:
-            os.close(fd)
 
 
-def map_open_file(fd: int) -> pa.Buffer:
-    """The whole of an open regular file, mapped read-only, as a zero-copy buffer.
+def map_file(path: Path) -> pa.Buffer:
+    """The whole of a regular file, mapped read-only, as a zero-copy buffer.
 
+    It is opened without following a symlink and without blocking (a FIFO), and
+    must be a regular file (ValueError otherwise; OSError if it cannot be opened).
     The mapping outlives the file's name and keeps no descriptor open (Python's
     ``mmap`` keeps a duplicate until 3.13; Arrow's does not), so thousands of
-    mapped objects cost no file descriptors.  ValueError if it is not a regular file.
+    mapped objects cost no file descriptors.
     """
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        raise ValueError("a transfer file must be a regular file")
-    source = pa.memory_map(f"/proc/self/fd/{fd}")
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
-        return source.read_buffer()
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("a transfer file must be a regular file")
+        source = pa.memory_map(f"/proc/self/fd/{fd}")
+        try:
+            return source.read_buffer()
+        finally:
+            source.close()
     finally:
-        source.close()
+        os.close(fd)
 
 
 def direct_size(obj: Any) -> int:
@@ -168,4 +168,4 @@ def is_loopback(endpoint: str) -> bool:
         return False
 
 
-__all__ = ["LOCAL_MIN_BYTES", "TransferDir", "direct_size", "is_loopback", "map_open_file"]
+__all__ = ["LOCAL_MIN_BYTES", "TransferDir", "direct_size", "is_loopback", "map_file"]
