@@ -1,4 +1,4 @@
-"""End-to-end tests of the flmrun instance runtime.
+"""End-to-end tests of the flmrun instance runtime (helpers: ``_instances.py``).
 
 Every test that talks gRPC starts a real instance process (``python -m flmrun`` or
 ``python -m flame_testkit._testapp``) in its own process group, bound to a real Unix socket
@@ -9,260 +9,22 @@ killed (SIGKILL to the group) in fixture teardown whatever happens.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
-import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
+from _instances import RPC_TIMEOUT, TESTAPP, WAIT, Instance, events, wait_for
 
 import flmrun
-from flamepy.proto import shim_pb2, shim_pb2_grpc, types_pb2
+from flamepy.proto import shim_pb2
 from flmrun._server import format_error, log_level_from_env
-
-WAIT = 30.0  # generous upper bound for anything that should take well under a second
-RPC_TIMEOUT = 30.0
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.02)
-
-
-class Instance:
-    """One instance process plus the client side of its socket."""
-
-    def __init__(self, args: list[str], workdir: Path, env: dict[str, str]) -> None:
-        self.workdir = workdir
-        self.sock = str(workdir / "x.sock")
-        self.stdout_path = workdir / "stdout"
-        self.stderr_path = workdir / "stderr"
-        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, *args],
-                cwd=workdir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,  # own process group, like the executor does
-            )
-        self._channel: grpc.Channel | None = None
-
-    # -- process
-
-    def wait_exit(self, timeout: float = WAIT) -> int:
-        return self.proc.wait(timeout=timeout)
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def signal_group(self, sig: signal.Signals) -> None:
-        os.killpg(self.proc.pid, sig)
-
-    def kill(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-        # The group outlives its leader only if the leader forked; kill it regardless.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=WAIT)
-
-    # -- socket and RPCs
-
-    def wait_socket(self, timeout: float = WAIT) -> None:
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"instance exited with {self.proc.returncode} before binding:\n" + self.stderr()
-                )
-            return os.path.exists(self.sock)
-
-        _wait_for(ready, timeout, f"socket {self.sock}")
-
-    @property
-    def stub(self) -> shim_pb2_grpc.InstanceStub:
-        if self._channel is None:
-            self._channel = grpc.insecure_channel("unix://" + self.sock)
-        return shim_pb2_grpc.InstanceStub(self._channel)  # type: ignore[no-untyped-call]
-
-    def enter(self, common_data: bytes | None = None, session_id: str = "s-1") -> types_pb2.Result:
-        ctx = shim_pb2.SessionContext(
-            session_id=session_id,
-            application=shim_pb2.ApplicationContext(name="app", command=sys.executable),
-        )
-        if common_data is not None:
-            ctx.common_data = common_data
-        result: types_pb2.Result = self.stub.OnSessionEnter(
-            ctx, timeout=RPC_TIMEOUT, wait_for_ready=True
-        )
-        return result
-
-    def invoke(self, data: bytes | None, task_id: str = "1") -> types_pb2.TaskResult:
-        ctx = shim_pb2.TaskContext(task_id=task_id, session_id="s-1")
-        if data is not None:
-            ctx.input = data
-        result: types_pb2.TaskResult = self.stub.OnTaskInvoke(ctx, timeout=RPC_TIMEOUT)
-        return result
-
-    def leave(self) -> types_pb2.Result:
-        result: types_pb2.Result = self.stub.OnSessionLeave(
-            types_pb2.EmptyRequest(), timeout=RPC_TIMEOUT
-        )
-        return result
-
-
-SERVICES_MODULE = '''
-"""Services used by flmrun's tests; paths come from environment variables."""
-import asyncio
-import os
-import threading
-
-import flmrun
-
-
-def _record(event):
-    path = os.environ.get("FLMRUN_TEST_EVENTS")
-    if path:
-        with open(path, "a") as f:
-            f.write(event + "\\n")
-
-
-class Recorder(flmrun.FlameService):
-    def on_session_enter(self, context):
-        _record("enter")
-
-    def on_task_invoke(self, context):
-        if context.input == b"thread":
-            return threading.current_thread().name.encode()
-        if context.input == b"str":
-            return "not bytes"
-        if context.input == b"none":
-            return None
-        return context.input
-
-    def on_session_leave(self):
-        _record("leave")
-
-
-class AsyncService(flmrun.FlameService):
-    async def on_session_enter(self, context):
-        await asyncio.sleep(0)
-        self.prefix = context.common_data or b""
-        _record("enter")
-
-    async def on_task_invoke(self, context):
-        await asyncio.sleep(0.01)
-        if context.input == b"raise":
-            raise ValueError("async boom")
-        if context.input == b"thread":
-            return threading.current_thread().name.encode()
-        return self.prefix + (context.input or b"")
-
-    async def on_session_leave(self):
-        _record("leave")
-        raise RuntimeError("leave always reports success")
-
-
-class NoInvoke(flmrun.FlameService):
-    pass
-
-
-class NotAService:
-    pass
-
-
-class BadInit(flmrun.FlameService):
-    def __init__(self):
-        raise OSError("no database")
-'''
-
-SLOW_MODULE = '''
-"""Blocks at import time until the test creates the release file."""
-import os
-import time
-
-import flmrun
-
-with open(os.environ["FLMRUN_TEST_STARTED"], "w"):
-    pass
-_deadline = time.monotonic() + 60
-while not os.path.exists(os.environ["FLMRUN_TEST_RELEASE"]):
-    if time.monotonic() > _deadline:
-        raise RuntimeError("never released")
-    time.sleep(0.02)
-
-
-class Slow(flmrun.FlameService):
-    def on_task_invoke(self, context):
-        return b"slow:" + (context.input or b"")
-
-
-with open(os.environ["FLMRUN_TEST_FINISHED"], "w"):
-    pass
-'''
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    # Short path under /tmp: a Unix socket path must fit in ~107 bytes.
-    path = Path(tempfile.mkdtemp(prefix="flm", dir="/tmp"))
-    (path / "flmtestsvc.py").write_text(textwrap.dedent(SERVICES_MODULE))
-    (path / "flmtestslow.py").write_text(textwrap.dedent(SLOW_MODULE))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def base_env(workdir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLAME_")}
-    env["FLAME_INSTANCE_ENDPOINT"] = str(workdir / "x.sock")
-    env["FLAME_LOG"] = "info"
-    env["PYTHONPATH"] = str(workdir)
-    env["FLMRUN_TEST_EVENTS"] = str(workdir / "events")
-    return env
-
-
-@pytest.fixture
-def spawn(workdir: Path, base_env: dict[str, str]) -> Iterator[Callable[..., Instance]]:
-    started: list[Instance] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> Instance:
-        inst = Instance(list(args), workdir, base_env if env is None else env)
-        started.append(inst)
-        return inst
-
-    try:
-        yield start
-    finally:
-        for inst in started:
-            inst.kill()
-
-
-TESTAPP = ("-m", "flame_testkit._testapp")
-
-
-def _events(workdir: Path) -> list[str]:
-    path = workdir / "events"
-    return path.read_text().split() if path.exists() else []
-
 
 # --------------------------------------------------------------------------- test app
 
@@ -371,7 +133,7 @@ def test_sigterm_calls_leave_when_session_was_not_left(
     assert inst.enter().return_code == 0
     inst.signal_group(signal.SIGTERM)
     assert inst.wait_exit(timeout=10) == 0
-    assert _events(workdir) == ["enter", "leave"]
+    assert events(workdir) == ["enter", "leave"]
 
 
 def test_leave_runs_once(spawn: Callable[..., Instance], workdir: Path) -> None:
@@ -381,7 +143,7 @@ def test_leave_runs_once(spawn: Callable[..., Instance], workdir: Path) -> None:
     assert inst.leave().return_code == 0
     inst.signal_group(signal.SIGTERM)
     assert inst.wait_exit(timeout=10) == 0
-    assert _events(workdir) == ["enter", "leave"]
+    assert events(workdir) == ["enter", "leave"]
 
 
 def test_sigterm_during_a_hung_task_still_exits(spawn: Callable[..., Instance]) -> None:
@@ -447,7 +209,7 @@ def test_async_service(spawn: Callable[..., Instance], workdir: Path) -> None:
 
     # on_session_leave raises, but the RPC still reports success.
     assert inst.leave().return_code == 0
-    assert _events(workdir) == ["enter", "leave"]
+    assert events(workdir) == ["enter", "leave"]
 
 
 def test_service_without_on_task_invoke(spawn: Callable[..., Instance]) -> None:
@@ -473,7 +235,7 @@ def test_socket_is_bound_before_the_service_module_is_imported(
     # The import cannot finish until `release` exists, yet the socket appears and the
     # import has started: the socket was bound first.
     inst.wait_socket()
-    _wait_for(started.exists, WAIT, "the service import to start")
+    wait_for(started.exists, WAIT, "the service import to start")
     assert not finished.exists()
 
     # An RPC sent while the import is blocked waits for it rather than failing.

@@ -308,13 +308,18 @@ class Checkpointer:
         """The state changed; ``snapshot()`` pickles it (called with the state lock).
         Raises if the previous snapshot could not be taken or stored."""
         with self._cond:
+            was_clean = self._dirty is None
             self._dirty = (ref, snapshot)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._main, name="flmrun-checkpoint", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify_all()
+            if was_clean:
+                # Already dirty: the thread is waiting out the interval and takes the
+                # newest snapshot then.  Waking it on every call would cost each call
+                # a thread switch.
+                self._cond.notify_all()
             self._raise_failure()
 
     def _main(self) -> None:
