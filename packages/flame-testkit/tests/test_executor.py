@@ -318,3 +318,59 @@ def test_processes_ignoring_sigterm_are_killed(conn: Connection) -> None:
         return False
 
     _eventually(gone, 15)
+
+
+# -- the task stream ------------------------------------------------------------------
+# flmrun runs a task that came over its task stream on the stream's connection thread
+# ("flmrun-tasks"), and one that came over gRPC on its worker thread ("flmrun-worker"),
+# so the test app's "thread" command tells which transport the executor used.
+
+
+def test_tasks_ride_the_task_stream_when_the_instance_serves_it(conn: Connection) -> None:
+    ssn = _session(conn, max_instances=1)
+    try:
+        assert ssn.invoke(b"thread", timeout=WAIT) == b"flmrun-tasks"
+        with pytest.raises(TaskFailedError, match="RuntimeError: over the stream"):
+            ssn.invoke(b"fail:over the stream", timeout=WAIT)
+        big = b"x" * (3 * 1024 * 1024)  # several reads and writes on the socket
+        assert ssn.invoke(big, timeout=WAIT) == b"echo:" + big
+        stream = Path(ssn.invoke(b"env:FLMRUN_TASK_STREAM", timeout=WAIT).decode())
+        sock = Path(ssn.invoke(b"env:FLAME_INSTANCE_ENDPOINT", timeout=WAIT).decode())
+        assert stream.parent == sock.parent and stream.name.endswith(".tasks")
+        assert stream.is_socket()
+    finally:
+        conn.close_session(ssn.id)
+    _eventually(lambda: not stream.exists() and not sock.exists())
+
+
+def test_an_instance_that_ignores_the_offer_is_driven_over_grpc(conn: Connection) -> None:
+    # The same instance program, started without the offer in its environment: it
+    # serves only gRPC, as Flame's own runpy would.
+    app = _app(
+        conn,
+        command="env",
+        arguments=["-u", "FLMRUN_TASK_STREAM", sys.executable, "-m", "flame_testkit._testapp"],
+    )
+    ssn = _session(conn, app, max_instances=1)
+    try:
+        assert ssn.invoke(b"thread", timeout=WAIT) == b"flmrun-worker"
+        assert ssn.invoke(b"env:FLMRUN_TASK_STREAM", timeout=WAIT) == b""
+        with pytest.raises(TaskFailedError, match="exited with code 7"):
+            ssn.invoke(b"exit:7", timeout=WAIT)
+        assert ssn.invoke(b"ok", timeout=WAIT) == b"echo:ok"
+    finally:
+        conn.close_session(ssn.id)
+
+
+def test_with_the_task_stream_off_every_call_is_grpc(tmp_path: Path) -> None:
+    config = LocalClusterConfig(
+        capacity=1, delay_release=DELAY_RELEASE, task_stream=False, work_dir=tmp_path
+    )
+    with ClusterThread(config) as c, Connection.connect(c.endpoint) as conn:
+        ssn = _session(conn, max_instances=1)
+        assert ssn.invoke(b"thread", timeout=WAIT) == b"flmrun-worker"
+        assert ssn.invoke(b"env:FLMRUN_TASK_STREAM", timeout=WAIT) == b""
+        sock = Path(ssn.invoke(b"env:FLAME_INSTANCE_ENDPOINT", timeout=WAIT).decode())
+        assert list(sock.parent.glob("*.tasks")) == []
+        conn.close_session(ssn.id)
+    assert c.leftover_processes() == []

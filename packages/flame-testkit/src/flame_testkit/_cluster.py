@@ -25,6 +25,7 @@ from flame_testkit._executor import (
     DEFAULT_CAPACITY,
     DEFAULT_KILL_GRACE,
     DEFAULT_SOCKET_TIMEOUT,
+    DEFAULT_TASK_STREAM,
     ExecutorManager,
     ExecutorManagerConfig,
 )
@@ -75,6 +76,9 @@ class LocalClusterConfig:
     in_process: bool = False
     """Also serve flamepy connections made in this process directly, without gRPC
     (the embedded default does; tests keep to real sockets)."""
+    task_stream: bool = DEFAULT_TASK_STREAM
+    """Offer instances flmrun's task stream for their tasks (``flmrun._stream``);
+    False keeps every Instance call on gRPC."""
 
 
 def default_applications(config: LocalClusterConfig) -> dict[str, types_pb2.ApplicationSpec]:
@@ -168,6 +172,7 @@ class LocalCluster:
                 capacity=self.config.capacity,
                 kill_grace=self.config.kill_grace,
                 socket_timeout=self.config.socket_timeout,
+                task_stream=self.config.task_stream,
             ),
         )
         executors.append(manager)

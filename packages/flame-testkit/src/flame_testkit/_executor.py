@@ -5,6 +5,10 @@ One asyncio coroutine per executor, never a thread.  Lifecycle per binding
 then OnTaskInvoke one task at a time, then OnSessionLeave once, SIGTERM and, after
 a grace period, SIGKILL.  Idle instances are released after the application's
 ``delay_release``; a crashed instance fails its running task and is replaced.
+
+With ``task_stream`` on (the default), each instance is offered flmrun's task
+stream (``_task_stream.py``); an instance that serves it gets its OnTaskInvoke
+calls there, any other one over gRPC.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import platform
 import signal
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -35,9 +39,12 @@ from flame_testkit._launch import (
     terminate,
 )
 from flame_testkit._state import AppRecord, ClusterState, SessionRecord, TaskRecord
+from flame_testkit._task_stream import TaskStreamClient, TaskStreamError
 from flamepy._types import TaskState
 from flamepy.proto import shim_pb2, shim_pb2_grpc, types_pb2
 from flmrun._errors import FlmrunError
+from flmrun._stream import STREAM_ENV
+from flmrun._unix import fits_socket_path
 
 EXIT_CODE_WAIT = 5.0
 """How long a failed invoke waits for the instance's exit code (it is dying or dead)."""
@@ -49,6 +56,7 @@ DEFAULT_SOCKET_TIMEOUT = 60.0
 DEFAULT_ENTER_TIMEOUT = 600.0
 DEFAULT_LEAVE_TIMEOUT = 10.0
 DEFAULT_KILL_GRACE = 5.0
+DEFAULT_TASK_STREAM = True
 SCHEDULE_INTERVAL = 0.5
 SOCKET_POLL = 0.005
 
@@ -66,6 +74,8 @@ class ExecutorManagerConfig:
     enter_timeout: float = DEFAULT_ENTER_TIMEOUT
     leave_timeout: float = DEFAULT_LEAVE_TIMEOUT
     kill_grace: float = DEFAULT_KILL_GRACE
+    task_stream: bool = DEFAULT_TASK_STREAM
+    """Offer instances flmrun's task stream for their tasks (gRPC stays for the rest)."""
     log_level: str = "info"
     environ: Mapping[str, str] | None = None
 
@@ -87,11 +97,37 @@ class Executor:
     process: asyncio.subprocess.Process | None = None
     channel: grpc.aio.Channel | None = None
     stub: shim_pb2_grpc.InstanceStub | None = None
+    tasks: TaskStreamClient | None = None
+    """The instance's task stream, when it serves one."""
     dirs: InstanceDirs | None = None
     current: TaskRecord | None = None
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    waiter: asyncio.Future[None] | None = None
+    """Set while the executor waits idle for a task; resolved to wake it."""
     reclaim: bool = False
     resreq: types_pb2.ResourceRequirement | None = None
+
+    def poke(self) -> bool:
+        """Wake the executor if it waits idle; whether it did."""
+        return _resolve(self.waiter)
+
+
+def _resolve(waiter: asyncio.Future[None] | None) -> bool:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+        return True
+    return False
+
+
+async def _sleep_until_woken(
+    loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[None], timeout: float
+) -> None:
+    """Wait for ``waiter`` or ``timeout`` seconds, whichever is first: a future and a
+    timer, not the task that ``asyncio.wait_for`` would make on every wait."""
+    timer = loop.call_later(timeout, _resolve, waiter)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
 
 
 class ExecutorManager:
@@ -104,7 +140,8 @@ class ExecutorManager:
         self.launched_pids: list[int] = []
         self._runners: set[asyncio.Task[None]] = set()
         self._unbinds: set[asyncio.Future[None]] = set()
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
+        self._wake_pending = False
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
         self.installer = AppInstaller(config.work_dir / "installs", cache_ca_file=config.ca_file)
@@ -126,7 +163,7 @@ class ExecutorManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
         for ex in self.executors.values():
-            ex.wake.set()
+            ex.poke()
         runners = list(self._runners)
         for runner in runners:
             runner.cancel()  # interrupts idle waits and running tasks
@@ -146,20 +183,38 @@ class ExecutorManager:
     # -- notifications ----------------------------------------------------------------
 
     def _on_change(self, kind: str, session: SessionRecord, task: TaskRecord | None) -> None:
-        if task is not None and task.state != TaskState.PENDING:
+        if task is not None:
+            if task.state != TaskState.PENDING:
+                return
+            # A new task: an idle instance of its session takes it; only when there is
+            # none may the scheduler have to start one.
+            for ex in self.executors.values():
+                if ex.session_id == session.id and ex.poke():
+                    return
+            self._wake()
             return
-        self._wake.set()
+        self._wake()
         for ex in self.executors.values():
             if ex.session_id == session.id:
-                ex.wake.set()
+                ex.poke()
+
+    def _wake(self) -> None:
+        """Ask for a scheduling pass (soon, once, however often it is asked)."""
+        if not _resolve(self._waiter):
+            self._wake_pending = True
 
     # -- scheduling -------------------------------------------------------------------
 
     async def _schedule_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while not self._stopping:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), SCHEDULE_INTERVAL)
-            self._wake.clear()
+            if not self._wake_pending:
+                self._waiter = loop.create_future()
+                try:
+                    await _sleep_until_woken(loop, self._waiter, SCHEDULE_INTERVAL)
+                finally:
+                    self._waiter = None
+            self._wake_pending = False
             try:
                 self._schedule()
             except Exception:  # pragma: no cover - keep scheduling whatever happens
@@ -215,7 +270,7 @@ class ExecutorManager:
                 if session is not None and session.pending:
                     continue
                 ex.reclaim = True
-                ex.wake.set()
+                ex.poke()
                 wanted -= 1
 
     def _launch(self, session: SessionRecord, app: AppRecord) -> None:
@@ -249,7 +304,7 @@ class ExecutorManager:
                 await asyncio.shield(unbind)
             finally:
                 self.executors.pop(ex.id, None)
-                self._wake.set()
+                self._wake()
 
     async def _bind(self, ex: Executor, app: AppRecord) -> None:
         ex.state = types_pb2.ExecutorBinding
@@ -258,6 +313,8 @@ class ExecutorManager:
         base = dict(cfg.environ if cfg.environ is not None else os.environ)
         ex.dirs = InstanceDirs.create(spec, app.name, cfg.work_dir, ex.id)
         socket_path = cfg.socket_dir / f"{ex.id}.sock"
+        stream_path = cfg.socket_dir / f"{ex.id}.tasks"
+        offer_stream = cfg.task_stream and fits_socket_path(str(stream_path))
         try:
             installed = await self.installer.install(app.name, spec)
         except FlmrunError as exc:
@@ -275,6 +332,9 @@ class ExecutorManager:
             app_dir=ex.dirs.app_dir,
             installer_env=installed,
         )
+        env.pop(STREAM_ENV, None)  # never an offer inherited from our own environment
+        if offer_stream:
+            env[STREAM_ENV] = str(stream_path)
         command = expand(spec.command, env, base) if spec.HasField("command") else ""
         if not command:
             raise BindError(f"application {app.name} has no command to launch")
@@ -295,6 +355,9 @@ class ExecutorManager:
         await self._wait_socket(ex, socket_path, stderr)
         ex.channel = grpc.aio.insecure_channel(f"unix://{socket_path}")
         ex.stub = shim_pb2_grpc.InstanceStub(ex.channel)  # type: ignore[no-untyped-call]
+        # An instance that took the offer listened on the stream before its gRPC socket.
+        if offer_stream and stream_path.exists():
+            ex.tasks = await TaskStreamClient.connect(stream_path)
         session = self.state.sessions.get(ex.session_id)
         if session is None or not session.open:
             raise SessionGone(ex.session_id)
@@ -363,10 +426,12 @@ class ExecutorManager:
             if task is None:
                 if self._should_release(ex, idle_deadline):
                     return
-                ex.wake.clear()
                 timeout = max(0.0, idle_deadline - loop.time()) or SCHEDULE_INTERVAL
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(ex.wake.wait(), timeout)
+                ex.waiter = loop.create_future()
+                try:
+                    await _sleep_until_woken(loop, ex.waiter, timeout)
+                finally:
+                    ex.waiter = None
                 continue
             if not await self._invoke(ex, task):
                 return  # the instance is broken: release it, the scheduler replaces it
@@ -379,13 +444,20 @@ class ExecutorManager:
         if task.input is not None:
             context.input = task.input
         try:
-            result = await ex.stub.OnTaskInvoke(context)
+            if ex.tasks is not None:
+                result = await ex.tasks.invoke(context)
+            else:
+                result = await ex.stub.OnTaskInvoke(context)
         except asyncio.CancelledError:
             self.state.complete_task(
                 task.session_id, task.id, -1, None, "the local cluster stopped while the task ran"
             )
             raise
-        except grpc.aio.AioRpcError as exc:
+        except (grpc.aio.AioRpcError, TaskStreamError) as exc:
+            if isinstance(exc, TaskStreamError):
+                status, details = exc.code, exc.details
+            else:
+                status, details = exc.code().name, exc.details()
             code = None
             if ex.process is not None:
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -397,8 +469,8 @@ class ExecutorManager:
                 task.id,
                 -1,
                 None,
-                f"instance {ex.id} failed while running the task: {exc.code().name}: "
-                f"{exc.details()}{exit_note}{self._stderr_note(ex, stderr)}",
+                f"instance {ex.id} failed while running the task: {status}: "
+                f"{details}{exit_note}{self._stderr_note(ex, stderr)}",
             )
             return False
         finally:
@@ -414,6 +486,8 @@ class ExecutorManager:
 
     async def _unbind(self, ex: Executor) -> None:
         ex.state = types_pb2.ExecutorUnbinding
+        if ex.tasks is not None:
+            await ex.tasks.close()
         if ex.stub is not None and ex.process is not None and ex.process.returncode is None:
             try:
                 await ex.stub.OnSessionLeave(
@@ -427,8 +501,9 @@ class ExecutorManager:
         ex.state = types_pb2.ExecutorReleasing
         if ex.process is not None:
             await terminate(ex.process, self.config.kill_grace)
-        with contextlib.suppress(OSError):
-            (self.config.socket_dir / f"{ex.id}.sock").unlink()
+        for suffix in (".sock", ".tasks"):
+            with contextlib.suppress(OSError):
+                (self.config.socket_dir / f"{ex.id}{suffix}").unlink()
         if ex.dirs is not None:
             ex.dirs.remove()
         ex.state = types_pb2.ExecutorReleased

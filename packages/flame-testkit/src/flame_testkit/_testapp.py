@@ -13,6 +13,7 @@ input is a small command, so tests can make an instance succeed, fail, hang or c
 ``who:<text>``      ``b"<pid>:<text>"``: which instance ran the task
 ``span:<secs>``     sleep, then ``b"<pid>:<start>:<end>"`` (monotonic clock)
 ``pgid``            the instance's process group id
+``thread``          the name of the thread running the task (which transport ran it)
 ``cwd``             the instance's working directory
 ``print:<text>``    write text to stdout and stderr, return ``b"printed"``
 ``orphan``          start a child in the same process group that ignores SIGTERM
@@ -27,6 +28,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import flmrun
@@ -84,6 +86,8 @@ class TestAppService(FlameService):
             return f"{os.getpid()}:{start}:{time.monotonic()}".encode()
         if data == b"pgid":
             return str(os.getpgid(0)).encode()
+        if data == b"thread":
+            return threading.current_thread().name.encode()
         if data == b"cwd":
             return os.getcwd().encode()
         if data.startswith(b"print:"):
