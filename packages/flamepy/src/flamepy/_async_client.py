@@ -334,7 +334,12 @@ class AsyncConnection:
                     task = task_from_proto(msg)
                     if task.state.is_terminal:
                         terminal = task
-                        break
+                        # The stream closes after its first terminal message.  In
+                        # process, reading on to that end lets the servicer's stream
+                        # finish by itself rather than be closed at our cancel.
+                        if not self.in_process:
+                            break
+                        continue
                     yield task
             except grpc.aio.AioRpcError as exc:
                 raise from_rpc_error(exc, what) from exc

@@ -20,8 +20,9 @@ import asyncio
 import concurrent.futures
 import inspect
 import logging
+import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -33,6 +34,8 @@ from flamepy.proto import frontend_pb2_grpc
 log = logging.getLogger("flamepy.inproc")
 
 _DONE = object()
+_closing: set[asyncio.Future[None]] = set()
+"""Servicer generators being closed (a reference, so that they are not collected)."""
 
 
 @dataclass(frozen=True)
@@ -90,27 +93,35 @@ def _unavailable(what: str) -> grpc.aio.AioRpcError:
 
 
 class _Stream:
-    """A server stream: the servicer's generator runs on its loop; messages are
-    handed over to the caller's loop through a queue."""
+    """A server stream.  On the servicer's own loop the caller iterates the
+    servicer's generator itself; from another loop, the generator runs on its
+    loop and the messages are handed over through a queue."""
 
     def __init__(self, target: InProcessTarget, method: Callable[..., Any], request: Any) -> None:
         self._target = target
         self._method = method
         self._request = request
         self._queue: asyncio.Queue[Any] | None = None
-        self._pump: concurrent.futures.Future[None] | asyncio.Task[None] | None = None
+        self._pump: concurrent.futures.Future[None] | None = None
+        self._source: AsyncGenerator[Any, None] | None = None  # same loop: the servicer's
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        if asyncio.get_running_loop() is self._target.loop:
+            return self._read_here()
+        return self._read()
+
+    async def _read_here(self) -> AsyncIterator[Any]:
+        source = self._source = self._method(self._request, _Context())
+        async for message in source:
+            yield _copy(message)
 
     def _start(self) -> asyncio.Queue[Any]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         self._queue = queue
-        same_loop = loop is self._target.loop
 
         def put(item: Any) -> None:
-            if same_loop:
-                queue.put_nowait(item)
-            else:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
+            loop.call_soon_threadsafe(queue.put_nowait, item)
 
         async def pump() -> None:
             try:
@@ -123,14 +134,8 @@ class _Stream:
             else:
                 put(_DONE)
 
-        if same_loop:
-            self._pump = asyncio.ensure_future(pump())
-        else:
-            self._pump = asyncio.run_coroutine_threadsafe(pump(), self._target.loop)
+        self._pump = asyncio.run_coroutine_threadsafe(pump(), self._target.loop)
         return queue
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._read()
 
     async def _read(self) -> AsyncIterator[Any]:
         queue = self._queue or self._start()
@@ -143,14 +148,31 @@ class _Stream:
             yield item
 
     def cancel(self) -> bool:
+        source, self._source = self._source, None
+        if source is not None:
+            # The reader stopped reading: close the servicer's generator now rather
+            # than when it is collected.  It is suspended (its reader is not running).
+            if getattr(source, "ag_frame", None) is None:  # it finished
+                return False
+            closing = asyncio.ensure_future(source.aclose())
+            _closing.add(closing)
+            closing.add_done_callback(_closing.discard)
+            return True
         pump = self._pump
         if pump is None or pump.done():
             return False
-        if isinstance(pump, asyncio.Task):
-            pump.cancel()
-        else:
-            self._target.loop.call_soon_threadsafe(pump.cancel)
+        self._target.loop.call_soon_threadsafe(pump.cancel)
         return True
+
+
+async def _bounded(coro: Coroutine[Any, Any, Any], timeout: float | None) -> Any:
+    """``await coro`` within ``timeout``, without the task ``wait_for`` would make."""
+    if timeout is None:
+        return await coro
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(timeout):
+            return await coro
+    return await asyncio.wait_for(coro, timeout)  # pragma: no cover - Python 3.10
 
 
 class InProcessStub:
@@ -188,7 +210,7 @@ class InProcessStub:
             coro = method(_copy(request), _Context())
             try:
                 if loop is target.loop:
-                    reply = await asyncio.wait_for(coro, timeout)
+                    reply = await _bounded(coro, timeout)
                 else:
                     future = asyncio.run_coroutine_threadsafe(coro, target.loop)
                     reply = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
