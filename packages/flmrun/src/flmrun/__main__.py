@@ -97,6 +97,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the instance process; returns the exit status."""
+    from flmrun._memory import apply_from_env
+
+    try:
+        # Before anything starts a thread: a thread's malloc arena is chosen once.
+        apply_from_env()
+    except ValueError as exc:
+        print(f"{_PROG}: error: {exc}", file=sys.stderr)
+        return 2
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # --help, or an argparse usage error (already printed)

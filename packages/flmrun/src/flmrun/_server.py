@@ -39,6 +39,7 @@ import grpc
 
 from flamepy.proto import shim_pb2_grpc
 from flmrun._errors import InstanceConfigError, ServiceLoadError
+from flmrun._memory import apply_from_env
 from flmrun._service import FlameService
 from flmrun._servicer import InstanceCore, InstanceServicer, format_error, in_worker_thread
 from flmrun._stream import STREAM_ENV, TaskStream, check_stream_path
@@ -243,7 +244,16 @@ def _staging_path(path: str) -> str:
 
 
 def run(service: ServiceSpec, endpoint: str | None = None) -> None:
-    """Run :func:`serve` in a new event loop; returns after SIGTERM or SIGINT."""
+    """Run :func:`serve` in a new event loop; returns after SIGTERM or SIGINT.
+
+    This is an instance process's entry point, so it also sets the process's
+    memory policy: freed memory is kept for reuse (``flmrun._memory``,
+    ``FLMRUN_HEAP_KEEP``).
+    """
+    try:
+        apply_from_env()
+    except ValueError as exc:
+        raise InstanceConfigError(str(exc)) from None
     asyncio.run(serve(service, endpoint))
 
 
