@@ -11,7 +11,8 @@ import gc
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,13 @@ import pytest
 from flame_testkit._cache_local import LocalTransfer
 from flame_testkit._cache_server import CacheServer
 from flamepy import _bson, _cache_client
-from flamepy._cache_local import LOCAL_MIN_BYTES, TransferDir, is_loopback
+from flamepy._cache_local import (
+    LOCAL_MIN_BYTES,
+    POOL_DIR,
+    RECYCLE_MIN_BYTES,
+    TransferDir,
+    is_loopback,
+)
 from flamepy._errors import NotFoundError
 from flamepy.core import cache
 
@@ -52,6 +59,20 @@ def _objects(server: CacheServer) -> list[str]:
     gc.collect()
     assert server.local_dir is not None
     return sorted(p.name for p in Path(server.local_dir).glob("*.obj"))
+
+
+def _pooled(server: CacheServer) -> list[Path]:
+    gc.collect()
+    assert server.local_dir is not None
+    return sorted((Path(server.local_dir) / POOL_DIR).glob("*.free"))
+
+
+def _eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
 
 
 def _no_flight(*args: object) -> object:
@@ -309,8 +330,66 @@ def test_runner_arguments_and_results_go_as_files(
         with Runner(f"local-{uuid.uuid4().hex[:8]}") as rr:
             scaled = rr.service(lib.scale)(array, 2.0).get(120)
             echoed = rr.service(lib.echo)(data).get(120)
-            assert len(_objects(cache_server)) >= 4  # 2 arguments, 2 results
+            # The 2 results stay; the 2 staged arguments are deleted once their
+            # calls are done, and their files go to the pool for reuse.
+            _eventually(lambda: len(_objects(cache_server)) == 2)
+            assert 1 <= len(_pooled(cache_server)) <= 2
         np.testing.assert_array_equal(scaled, array * 2.0)
         assert echoed == data[::-1]
     finally:
         sys.modules.pop(name, None)
+
+
+def test_a_dropped_objects_file_is_reused_only_once_nobody_maps_it(
+    server: CacheServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _use(server, monkeypatch)
+    size = 2 * RECYCLE_MIN_BYTES
+    first = cache.put_object("app/ssn", os.urandom(size))
+    cache.delete_objects(first.key)
+    pooled = _pooled(server)
+    assert len(pooled) == 1  # the dropped object's file, kept for the next write
+    inode = pooled[0].stat().st_ino
+    _cache_client.reset_clients()
+
+    # The next big write claims it: same file (inode), new content, read back whole.
+    array = np.random.default_rng(1).random(size // 8)
+    second = cache.put_object("app/ssn", array)
+    assert _pooled(server) == []
+    [obj] = _objects(server)
+    assert (Path(server.local_dir or "") / obj).stat().st_ino == inode
+    _cache_client.reset_clients()
+    held = cache.get_object(second)  # a zero-copy view of that file
+    np.testing.assert_array_equal(held, array)
+
+    # Dropped while we still map it: the file goes to the pool, but the lease check
+    # refuses it, so the next write takes a new file and ours is left untouched.
+    cache.delete_objects(second.key)
+    assert len(_pooled(server)) == 1
+    third = cache.put_object("app/ssn", np.zeros(size // 8))
+    np.testing.assert_array_equal(held, array)  # not overwritten under us
+    assert len(_pooled(server)) == 1  # back in the pool, still mapped
+    _cache_client.reset_clients()
+    np.testing.assert_array_equal(cache.get_object(third), np.zeros(size // 8))
+
+    # Once the view is gone, the file is free again and the next write reuses it.
+    del held
+    gc.collect()
+    cache.put_object("app/ssn", os.urandom(size))
+    assert _pooled(server) == []
+
+
+def test_small_files_are_not_pooled_and_the_pool_is_bounded(
+    server: CacheServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flame_testkit._cache_local import POOL_FILES
+
+    _use(server, monkeypatch)
+    small = cache.put_object("app/ssn", os.urandom(BIG))  # a file, but under 1 MiB
+    cache.delete_objects(small.key)
+    assert _pooled(server) == []
+    refs = [
+        cache.put_object("app/ssn", os.urandom(RECYCLE_MIN_BYTES)) for _ in range(POOL_FILES + 2)
+    ]
+    cache.delete_objects("app/ssn")
+    assert len(refs) > POOL_FILES and len(_pooled(server)) == POOL_FILES

@@ -30,8 +30,15 @@ Action           Body                             Results
 
 A server without the directory answers these actions INVALID_ARGUMENT, as
 Flame's cache answers any unknown action, and clients then keep to Flight.
-The file of an adopted object is removed when the store lets go of the object
-(replaced, deleted or evicted); readers' mappings stay valid.  The directory is
+When the store lets go of an adopted object (replaced, deleted or evicted), its
+file is renamed into the directory's *pool* (``free/``, at most
+:data:`POOL_FILES` files and :data:`POOL_BYTES` bytes; beyond that it is
+removed); readers' mappings stay valid.  A client that writes its next payload
+claims a pooled file by renaming it, and reuses it only when a write lease
+proves that no process still has it open or mapped (see
+``flamepy._cache_local``): the file's memory is already allocated, and filling
+fresh memory costs several times the copy itself.  The old name is gone at the
+rename, so nobody can map the dropped object after that.  The directory is
 removed when the server stops, or, if its process died, by the next server
 started on the host.
 """
@@ -51,7 +58,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from flame_testkit._cache_store import InvalidArgument
-from flamepy._cache_local import map_file
+from flamepy._cache_local import POOL_DIR, RECYCLE_MIN_BYTES, map_file
 
 log = logging.getLogger("flame_testkit.cache")
 
@@ -63,6 +70,10 @@ SHARED_MEMORY = Path("/dev/shm")
 INLINE_LIMIT = 256 * 1024
 """Payloads up to this size are answered inline by LOCAL_GET, bigger ones as a file."""
 _UPLOAD_NAME = re.compile(r"[0-9a-f]{32}\.part")
+POOL_FILES = 8
+"""Dropped objects' files kept for reuse, at most."""
+POOL_BYTES = 1 << 30
+"""Bytes of dropped objects' files kept for reuse, at most."""
 
 
 def default_parent() -> str | None:
@@ -81,6 +92,7 @@ class LocalTransfer:
         self.token = secrets.token_hex(16)
         (self.dir / OWNER_FILE).write_text(str(os.getpid()))
         (self.dir / TOKEN_FILE).write_text(self.token)
+        (self.dir / POOL_DIR).mkdir(mode=0o700)
         self._files: dict[int, str] = {}  # id(adopted buffer) -> its file's name
         self._closed = False
 
@@ -121,7 +133,26 @@ class LocalTransfer:
 
     def _forget(self, ident: int, path: Path) -> None:
         self._files.pop(ident, None)
-        path.unlink(missing_ok=True)
+        if not self._recycle(path):
+            path.unlink(missing_ok=True)
+
+    def _recycle(self, path: Path) -> bool:
+        """Move a dropped object's file into the pool, if it is worth keeping and the
+        pool has room; whether it did."""
+        if self._closed:
+            return False
+        pool = self.dir / POOL_DIR
+        try:
+            size = path.stat().st_size
+            if size < RECYCLE_MIN_BYTES:
+                return False
+            pooled = [entry.stat().st_size for entry in os.scandir(pool)]
+            if len(pooled) >= POOL_FILES or sum(pooled) + size > POOL_BYTES:
+                return False
+            os.rename(path, pool / f"{secrets.token_hex(16)}.free")
+        except OSError:
+            return False
+        return True
 
     def file_of(self, buffer: object) -> str | None:
         """The name of the file behind an adopted buffer, or None."""

@@ -36,6 +36,7 @@ from flamepy._async_client import AsyncSession
 from flamepy._errors import InvalidArgumentError, TaskCancelledError, TaskFailedError
 from flamepy._pickle import dumps
 from flamepy._types import Task, TaskState
+from flamepy.core.cache import ObjectRef, delete_objects_async
 from flamepy.runner._calls import (
     MAX_TASK_INPUT,
     CallResult,
@@ -89,6 +90,7 @@ class Call:
         "request",
         "result",
         "slot_parent",
+        "staged",
         "state",
         "values",
     )
@@ -109,6 +111,7 @@ class Call:
         self.data = b""
         self.forced = False
         self.slot_parent: Call | None = None  # a parent it refers to by BatchSlot
+        self.staged: list[ObjectRef] = []  # objects made for its arguments; deleted when done
         self.result: asyncio.Future[CallResult] | None = None
         self.entered: asyncio.Future[None] | None = None  # set once queued or done
 
@@ -174,7 +177,7 @@ class Batcher:
                 call.values[id(dep)] = res.value if res.inline else res.ref
         session = await self._open_session()
         call.args, call.kwargs = await stage_arguments(
-            call.args, call.kwargs, self._cache_prefix(session)
+            call.args, call.kwargs, self._cache_prefix(session), staged=call.staged
         )
         self._try_queue(call)
         if self._ordered and call.state is CallState.WAITING:
@@ -253,7 +256,7 @@ class Batcher:
         try:
             session = await self._open_session()
             call.args, call.kwargs = await stage_arguments(
-                call.args, call.kwargs, self._cache_prefix(session), force=True
+                call.args, call.kwargs, self._cache_prefix(session), force=True, staged=call.staged
             )
         except BaseException as exc:
             self.abandon(call, exc)
@@ -397,6 +400,9 @@ class Batcher:
         call.state = CallState.DONE
         call.request = None
         call.data = b""
+        if call.staged:
+            self._spawn(_delete_staged(call.staged))
+            call.staged = []
         _enter(call)
         result = call.outcome()
         if not result.done():
@@ -446,6 +452,16 @@ def _split(batch: _Batch, ways: int) -> list[_Batch]:
             part.nbytes += len(call.data)
         parts.append(part)
     return parts
+
+
+async def _delete_staged(refs: list[ObjectRef]) -> None:
+    """Delete the objects a finished call's arguments were staged in: the call was
+    their only user, and a long-running Runner must not keep every one."""
+    for ref in refs:
+        try:
+            await delete_objects_async(ref.key)
+        except Exception as exc:  # the Runner's cleanup at exit deletes it anyway
+            log.debug("cannot delete the staged argument %s: %s", ref.key, exc)
 
 
 def _enter(call: Call) -> None:

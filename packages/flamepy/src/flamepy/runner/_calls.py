@@ -75,15 +75,29 @@ def size_hint(value: Any) -> int:
 
 
 async def stage_arguments(
-    args: tuple[Any, ...], kwargs: dict[str, Any], cache_prefix: str, force: bool = False
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    cache_prefix: str,
+    force: bool = False,
+    staged: list[ObjectRef] | None = None,
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Move large top-level arguments into the cache; they travel as ObjectRefs.
 
     ``force`` (used when the pickled request is still too big) also moves every
-    argument that pickles to more than 64 KiB, whatever its type.
+    argument that pickles to more than 64 KiB, whatever its type.  The refs of
+    the objects it made are appended to ``staged``: nobody else knows them, so
+    the caller deletes them once the call is done.
     """
-    staged = tuple([await _maybe_to_cache(a, cache_prefix, force) for a in args])
-    return staged, {k: await _maybe_to_cache(v, cache_prefix, force) for k, v in kwargs.items()}
+    made = staged if staged is not None else []
+
+    async def stage(value: Any) -> Any:
+        moved = await _maybe_to_cache(value, cache_prefix, force)
+        if moved is not value and isinstance(moved, ObjectRef):
+            made.append(moved)
+        return moved
+
+    new_args = tuple([await stage(a) for a in args])
+    return new_args, {k: await stage(v) for k, v in kwargs.items()}
 
 
 def pickle_request(
