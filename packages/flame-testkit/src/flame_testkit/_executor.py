@@ -22,7 +22,7 @@ import platform
 import signal
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -80,6 +80,37 @@ class ExecutorManagerConfig:
     environ: Mapping[str, str] | None = None
 
 
+class Waker:
+    """Lets one coroutine sleep until it is woken or a timeout passes: a future and
+    a timer, not the task that ``asyncio.wait_for`` would make on every wait."""
+
+    __slots__ = ("_waiter",)
+
+    def __init__(self) -> None:
+        self._waiter: asyncio.Future[None] | None = None
+
+    def wake(self) -> bool:
+        """Wake the sleeper; whether one was sleeping."""
+        return _resolve(self._waiter)
+
+    async def sleep(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        timer = loop.call_later(timeout, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+
+def _resolve(waiter: asyncio.Future[None] | None) -> bool:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+        return True
+    return False
+
+
 class BindError(Exception):
     """An instance could not be bound; recorded as session event 1001."""
 
@@ -101,33 +132,14 @@ class Executor:
     """The instance's task stream, when it serves one."""
     dirs: InstanceDirs | None = None
     current: TaskRecord | None = None
-    waiter: asyncio.Future[None] | None = None
-    """Set while the executor waits idle for a task; resolved to wake it."""
+    waker: Waker = field(default_factory=Waker)
+    """Wakes the executor while it waits idle for a task."""
     reclaim: bool = False
     resreq: types_pb2.ResourceRequirement | None = None
 
     def poke(self) -> bool:
         """Wake the executor if it waits idle; whether it did."""
-        return _resolve(self.waiter)
-
-
-def _resolve(waiter: asyncio.Future[None] | None) -> bool:
-    if waiter is not None and not waiter.done():
-        waiter.set_result(None)
-        return True
-    return False
-
-
-async def _sleep_until_woken(
-    loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[None], timeout: float
-) -> None:
-    """Wait for ``waiter`` or ``timeout`` seconds, whichever is first: a future and a
-    timer, not the task that ``asyncio.wait_for`` would make on every wait."""
-    timer = loop.call_later(timeout, _resolve, waiter)
-    try:
-        await waiter
-    finally:
-        timer.cancel()
+        return self.waker.wake()
 
 
 class ExecutorManager:
@@ -140,7 +152,7 @@ class ExecutorManager:
         self.launched_pids: list[int] = []
         self._runners: set[asyncio.Task[None]] = set()
         self._unbinds: set[asyncio.Future[None]] = set()
-        self._waiter: asyncio.Future[None] | None = None
+        self._waker = Waker()
         self._wake_pending = False
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
@@ -200,20 +212,15 @@ class ExecutorManager:
 
     def _wake(self) -> None:
         """Ask for a scheduling pass (soon, once, however often it is asked)."""
-        if not _resolve(self._waiter):
+        if not self._waker.wake():
             self._wake_pending = True
 
     # -- scheduling -------------------------------------------------------------------
 
     async def _schedule_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while not self._stopping:
             if not self._wake_pending:
-                self._waiter = loop.create_future()
-                try:
-                    await _sleep_until_woken(loop, self._waiter, SCHEDULE_INTERVAL)
-                finally:
-                    self._waiter = None
+                await self._waker.sleep(SCHEDULE_INTERVAL)
             self._wake_pending = False
             try:
                 self._schedule()
@@ -427,11 +434,7 @@ class ExecutorManager:
                 if self._should_release(ex, idle_deadline):
                     return
                 timeout = max(0.0, idle_deadline - loop.time()) or SCHEDULE_INTERVAL
-                ex.waiter = loop.create_future()
-                try:
-                    await _sleep_until_woken(loop, ex.waiter, timeout)
-                finally:
-                    ex.waiter = None
+                await ex.waker.sleep(timeout)
                 continue
             if not await self._invoke(ex, task):
                 return  # the instance is broken: release it, the scheduler replaces it
