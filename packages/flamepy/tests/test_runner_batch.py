@@ -20,7 +20,7 @@ import cloudpickle
 import pytest
 
 from flame_testkit import ClusterThread
-from flamepy import AsyncRunner, Runner, TaskCancelledError
+from flamepy import AsyncRunner, FlameTimeoutError, Runner, TaskCancelledError
 from flamepy.core.cache import ObjectRef, get_object
 from flamepy.runner._batch import MAX_BATCH_CALLS
 
@@ -292,3 +292,102 @@ def test_a_state_that_cannot_be_saved_fails_the_next_call(lib: ModuleType) -> No
                 break
             except RuntimeError:
                 assert time.monotonic() < deadline
+
+
+# -- the sync API's futures: posted calls, shared waiters ---------------------------------
+
+
+def test_a_sync_call_waiting_for_its_arguments_can_be_cancelled(lib: ModuleType) -> None:
+    with Runner(_app()) as rr:
+        nap = rr.service(lib.nap)
+        inc = rr.service(lib.inc)
+        slow = nap(1.0)
+        waiting = inc(slow)  # another service's future: admitted by a task, later
+        dependent = inc(waiting)
+        assert waiting.cancel()
+        assert waiting.done()
+        with pytest.raises(TaskCancelledError):
+            waiting.get(WAIT)
+        with pytest.raises(TaskCancelledError):
+            dependent.get(WAIT)
+        assert slow.get(WAIT) == 1.0
+        assert not slow.cancel()  # done: nothing to cancel
+        queued = inc(1)
+        queued.wait(WAIT)
+        assert not queued.cancel()
+        assert inc(41).get(WAIT) == 42
+
+
+def test_runner_get_raises_the_first_failure_without_waiting_for_the_rest(
+    lib: ModuleType,
+) -> None:
+    with Runner(_app()) as rr:
+        nap = rr.service(lib.nap)
+        check = rr.service(lib.check)
+        check(0).get(WAIT)
+        long = nap(6.0)
+        with pytest.raises(lib.Boom, match="bad 3"):
+            rr.get([long, check(1), check(3), check(11)], timeout=4.0)  # < the nap
+        assert not long.done()
+        assert long.cancel() is False  # already sent
+
+
+def test_runner_get_and_wait_time_out_as_a_whole_and_can_wait_again(lib: ModuleType) -> None:
+    with Runner(_app()) as rr:
+        nap = rr.service(lib.nap)
+        futures = [nap(1.5), nap(1.5)]
+        with pytest.raises(FlameTimeoutError):
+            rr.get(futures, timeout=0.2)
+        with pytest.raises(FlameTimeoutError):
+            rr.wait(futures, timeout=0.1)
+        with pytest.raises(FlameTimeoutError):
+            futures[0].exception(timeout=0.1)
+        assert all(f._call.waiters in (None, []) for f in futures)  # waiters removed
+        assert rr.get(futures, WAIT) == [1.5, 1.5]
+        assert futures[0].exception(0) is None
+
+
+def test_select_yields_in_completion_order_and_times_out(lib: ModuleType) -> None:
+    with Runner(_app()) as rr:
+        nap, other = rr.service(lib.nap), rr.service(lib.nap)  # two tasks, two instances
+        rr.get([nap(0), other(0)], WAIT)
+        done_first = nap(0.0)
+        done_first.wait(WAIT)
+        slow, fast = other(1.0), nap(0.0)
+        order = list(rr.select([slow, fast, done_first], WAIT))
+        assert order[0] is done_first  # finished before select started
+        assert order[-1] is slow and set(order) == {slow, fast, done_first}
+        stuck = nap(5.0)
+        with pytest.raises(FlameTimeoutError):
+            list(rr.select([stuck], timeout=0.2))
+        assert stuck._call.waiters in (None, [])
+
+
+def test_a_sync_future_can_be_awaited_on_any_event_loop(lib: ModuleType) -> None:
+    with Runner(_app()) as rr:
+        nap = rr.service(lib.nap)
+        inc = rr.service(lib.inc)
+        pending = nap(0.3)
+
+        async def on_my_loop() -> list[float]:
+            return [await pending, await inc(1), await asyncio.wait_for(nap(0.0), WAIT)]
+
+        assert asyncio.run(on_my_loop()) == [0.3, 2, 0.0]
+
+        async def give_up() -> None:
+            await asyncio.wait_for(nap(5.0), 0.1)
+
+        with pytest.raises(asyncio.TimeoutError):
+            asyncio.run(give_up())
+
+
+def test_a_stateful_service_keeps_order_when_a_call_must_wait(lib: ModuleType) -> None:
+    with Runner(_app()) as rr:
+        log = rr.service(lib.Log())
+        nap = rr.service(lib.nap)
+        log.push(-1).get(WAIT)
+        big = b"x" * (2 * 1024 * 1024)  # staged through the cache before it can go
+        # Waits for another service, goes at once, waits for staging, goes at once.
+        futures = [log.push(0), log.push(nap(0.5)), log.push(2), log.push(big), log.push(4)]
+        assert rr.get(futures, WAIT) == [2, 3, 4, 5, 6]
+        assert log.items().get(WAIT) == [-1, 0, 0.5, 2, big, 4]

@@ -44,9 +44,11 @@ from flamepy.runner._calls import (
     decode_output,
     failure_of,
     failure_of_output,
+    needs_staging,
     pickle_request,
     stage_arguments,
 )
+from flamepy.runner._waiting import settle
 from flamepy.runner._walk import find, replace
 from flamepy.runner.types import (
     BATCH_ATTRIBUTE,
@@ -89,10 +91,13 @@ class Call:
         "method",
         "request",
         "result",
+        "settled",
         "slot_parent",
         "staged",
         "state",
+        "task",
         "values",
+        "waiters",
     )
 
     def __init__(
@@ -104,21 +109,38 @@ class Call:
         self.kwargs = kwargs
         self.state = CallState.WAITING
         self.values: dict[int, Any] = {}  # id(dependency) -> its ObjectRef or inline value
-        self.children: list[Call] = []  # calls waiting for this one to be queued or done
+        self.children: list[Call] | None = None  # calls waiting for it to be queued or done
         self.batch: _Batch | None = None
         self.index = -1
         self.request: RunnerRequest | None = None
         self.data = b""
         self.forced = False
         self.slot_parent: Call | None = None  # a parent it refers to by BatchSlot
-        self.staged: list[ObjectRef] = []  # objects made for its arguments; deleted when done
+        self.staged: list[ObjectRef] | None = None  # objects made for its arguments
         self.result: asyncio.Future[CallResult] | None = None
         self.entered: asyncio.Future[None] | None = None  # set once queued or done
+        self.settled = False  # result is set (see _waiting); read from any thread
+        self.waiters: list[Any] | None = None
+        self.task: asyncio.Task[None] | None = None  # admitting it, when that must wait
 
     def outcome(self) -> asyncio.Future[CallResult]:
         if self.result is None:
             self.result = asyncio.get_running_loop().create_future()
         return self.result
+
+    def entered_future(self) -> asyncio.Future[None]:
+        if self.entered is None:
+            self.entered = asyncio.get_running_loop().create_future()
+            if self.state is not CallState.WAITING:
+                self.entered.set_result(None)
+        return self.entered
+
+    def wait_behind(self, blocker: Call) -> None:
+        """Retry this call once ``blocker`` is queued or done."""
+        if blocker.children is None:
+            blocker.children = [self]
+        else:
+            blocker.children.append(self)
 
 
 class _Batch:
@@ -158,17 +180,46 @@ class Batcher:
         self.batching: bool | None = None
         """Whether the executor runs batches: None until its first reply says."""
         self.tasks_sent = 0
+        self.live: set[Call] = set()
+        """Calls admitted and not done yet."""
 
     def new_call(self, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
         return Call(self, method, args, kwargs)
 
     # -- admission ----------------------------------------------------------------------
 
+    def admit_now(self, call: Call) -> bool:
+        """:meth:`admit` without waiting, when nothing needs waiting for: every
+        external dependency settled (and succeeded), no argument to stage.  Returns
+        False, having changed nothing, when the call must go through :meth:`admit`."""
+        deps = find(call.kwargs, Dependency, find(call.args, Dependency))
+        for dep in deps:
+            if local_call(dep, self) is None:
+                parent = dep._call
+                if not isinstance(parent, Call) or not parent.settled:
+                    return False
+                assert parent.result is not None
+                if parent.result.exception() is not None:
+                    return False
+        if needs_staging(call.args, call.kwargs):
+            return False
+        for dep in deps:
+            if local_call(dep, self) is None:
+                res = dep._call.result.result()
+                call.values[id(dep)] = res.value if res.inline else res.ref
+        call.outcome()
+        self.live.add(call)
+        self._try_queue(call)
+        return True
+
     async def admit(self, call: Call) -> asyncio.Future[CallResult]:
         """Wait for the call's external dependencies, stage large arguments, and queue
         it (now or, behind a call of this service it depends on, later).  Returns the
         future of its result; for an ordered service it returns once it is queued."""
         result = call.outcome()
+        if call.state is CallState.DONE:  # abandoned before it came in
+            return result
+        self.live.add(call)
         deps = find(call.kwargs, Dependency, find(call.args, Dependency))
         external = [d for d in deps if local_call(d, self) is None]
         if external:
@@ -176,13 +227,14 @@ class Batcher:
             for dep, res in zip(external, results, strict=True):
                 call.values[id(dep)] = res.value if res.inline else res.ref
         session = await self._open_session()
+        if call.staged is None:
+            call.staged = []
         call.args, call.kwargs = await stage_arguments(
             call.args, call.kwargs, self._cache_prefix(session), staged=call.staged
         )
         self._try_queue(call)
         if self._ordered and call.state is CallState.WAITING:
-            call.entered = asyncio.get_running_loop().create_future()
-            await call.entered
+            await call.entered_future()
         return result
 
     def abandon(self, call: Call, exc: BaseException) -> None:
@@ -207,7 +259,7 @@ class Batcher:
                 self._finish(call, error=failed.error, work=work)
                 continue
             if blocker is not None:
-                blocker.children.append(call)
+                call.wait_behind(blocker)
                 continue
             if len(call.data) > MAX_TASK_INPUT:
                 if call.forced:
@@ -216,11 +268,12 @@ class Batcher:
                     self._spawn(self._force_stage(call))
                 continue
             if call.slot_parent is not None and not self._fits(call):
-                call.slot_parent.children.append(call)  # retried when that one is done
+                call.wait_behind(call.slot_parent)  # retried when that one is done
                 continue
             self._append(call)
-            work.extend(call.children)
-            call.children.clear()
+            if call.children:
+                work.extend(call.children)
+                call.children = None
 
     def _encode(self, call: Call) -> Call | None:
         """Pickle ``call`` against the open batch; return the call it must wait for."""
@@ -255,6 +308,8 @@ class Batcher:
     async def _force_stage(self, call: Call) -> None:
         try:
             session = await self._open_session()
+            if call.staged is None:
+                call.staged = []
             call.args, call.kwargs = await stage_arguments(
                 call.args, call.kwargs, self._cache_prefix(session), force=True, staged=call.staged
             )
@@ -400,9 +455,11 @@ class Batcher:
         call.state = CallState.DONE
         call.request = None
         call.data = b""
+        call.args, call.kwargs, call.values, call.batch = (), {}, {}, None
+        self.live.discard(call)
         if call.staged:
             self._spawn(_delete_staged(call.staged))
-            call.staged = []
+        call.staged = None
         _enter(call)
         result = call.outcome()
         if not result.done():
@@ -410,10 +467,13 @@ class Batcher:
                 result.set_exception(error)
             else:
                 result.set_result(value)  # type: ignore[arg-type]
-        children, call.children = call.children, []
+        settle(call)
+        children, call.children = call.children, None
+        if not children:
+            return
         if work is not None:
             work.extend(children)
-        elif children:
+        else:
             self._try_queue(*children)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import pickle
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +41,7 @@ MAX_TASK_INPUT = 3 * 1024 * 1024
 """The Frontend refuses inputs over 4 MiB; stay well under it."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CallResult:
     """A finished call: an ObjectRef into the cache, or the value itself (inline)."""
 
@@ -57,6 +56,7 @@ class CallResult:
 class Dependency:
     """What a future passed as an argument must offer to the call core."""
 
+    __slots__ = ()
     _call: Any = None
     """The batcher's record of the call behind this future (see ``_batch``)."""
 
@@ -114,8 +114,22 @@ def pickle_request(
         ) from exc
 
 
+_NEVER_STAGED = (ObjectRef, Dependency, int, float, bool, type(None))
+
+
+def needs_staging(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether :func:`stage_arguments` (not forced) would move any argument."""
+    for value in args:
+        if not isinstance(value, _NEVER_STAGED) and size_hint(value) > LARGE_ARGUMENT:
+            return True
+    for value in kwargs.values():
+        if not isinstance(value, _NEVER_STAGED) and size_hint(value) > LARGE_ARGUMENT:
+            return True
+    return False
+
+
 async def _maybe_to_cache(value: Any, prefix: str, force: bool = False) -> Any:
-    if isinstance(value, (ObjectRef, Dependency, int, float, bool, type(None))):
+    if isinstance(value, _NEVER_STAGED):
         return value
     if size_hint(value) > LARGE_ARGUMENT or (force and _pickled_size(value) > 64 * 1024):
         return await put_object_async(prefix, value)
@@ -174,20 +188,42 @@ class SubmissionOrder:
     def __init__(self) -> None:
         self._tail: asyncio.Future[None] | None = None
 
-    async def __call__(self) -> Callable[[], None]:
+    def idle(self) -> bool:
+        """Whether no call is still waiting for (or holding) its turn."""
+        return self._tail is None or self._tail.done()
+
+    def hold(self, until: asyncio.Future[None]) -> None:
+        """The next call's turn comes once ``until`` is done (call it when idle)."""
+        self._tail = until
+
+    def __call__(self) -> Turn:
+        """Take the next turn, now; :meth:`Turn.wait` waits for it to come."""
         previous = self._tail
-        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._tail = mine
+        turn = Turn(previous, asyncio.get_running_loop().create_future())
+        self._tail = turn.mine
+        return turn
 
-        def release() -> None:
-            if not mine.done():
-                mine.set_result(None)
 
+class Turn:
+    """One call's place in a :class:`SubmissionOrder`."""
+
+    __slots__ = ("mine", "previous")
+
+    def __init__(self, previous: asyncio.Future[None] | None, mine: asyncio.Future[None]) -> None:
+        self.previous = previous
+        self.mine = mine
+
+    def release(self) -> None:
+        """Let the next call have its turn."""
+        if not self.mine.done():
+            self.mine.set_result(None)
+
+    async def wait(self) -> None:
+        previous = self.previous
         if previous is not None:
             try:
                 await asyncio.shield(previous)
             except asyncio.CancelledError:
                 # Pass our turn on once the previous call has had its own.
-                previous.add_done_callback(lambda _: release())
+                previous.add_done_callback(lambda _: self.release())
                 raise
-        return release

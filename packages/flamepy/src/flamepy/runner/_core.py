@@ -31,8 +31,8 @@ from flamepy._types import (
     SessionState,
 )
 from flamepy.core.cache import delete_objects, put_object_async
-from flamepy.runner._batch import Batcher, Call
-from flamepy.runner._calls import CallResult, SubmissionOrder
+from flamepy.runner._batch import Batcher, Call, CallState
+from flamepy.runner._calls import CallResult, SubmissionOrder, Turn
 from flamepy.runner._package import DEFAULT_SIZE_BUDGET, Package, build_package
 from flamepy.runner._pickling import bind_constructor, pickle_context
 from flamepy.runner._storage import PackageStorage, storage_for
@@ -324,18 +324,73 @@ class ServiceCore:
         """A call's record; made in the caller's thread, run by :meth:`call`."""
         return self.batcher.new_call(method, args, kwargs)
 
+    def start(self, call: Call) -> None:
+        """Admit one call made through the sync API; runs on the loop, in the order
+        the calls were made.  A call with nothing to wait for (the usual case) is
+        queued at once: no task and no future of its own.  Any other one, and every
+        call of an ordered service behind it, is admitted by a task."""
+        if call.state is not CallState.WAITING:
+            return  # cancelled before it came in
+        order = self.order
+        ready = (order is None or order.idle()) and self._session_open()
+        if ready and self.batcher.admit_now(call):
+            if order is not None and call.state is CallState.WAITING:
+                order.hold(call.entered_future())  # it waits for a call of ours
+            return
+        turn = order() if order is not None else None  # taken now, in call order
+        task = call.task = asyncio.ensure_future(self._admit_later(call, turn))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    def _session_open(self) -> bool:
+        session = self._session
+        return (
+            session is not None
+            and session.done()
+            and not session.cancelled()
+            and session.exception() is None
+        )
+
+    async def _admit_later(self, call: Call, turn: Turn | None) -> None:
+        try:
+            if turn is not None:
+                await turn.wait()  # if cancelled, it passes the turn on in time
+            try:
+                await self.batcher.admit(call)
+            finally:
+                if turn is not None:
+                    turn.release()
+        except BaseException as exc:
+            self.batcher.abandon(call, exc)  # the call's own result carries the error
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            call.task = None
+
+    def cancel(self, call: Call) -> bool:
+        """Cancel a call made through the sync API that is not queued yet; runs on
+        the loop.  Its dependents fail with TaskCancelledError too."""
+        if call.state is not CallState.WAITING:
+            return False
+        if call.task is not None:
+            call.task.cancel()
+        self.batcher.abandon(call, asyncio.CancelledError())
+        return True
+
     async def call(self, call: Call) -> CallResult:
         """Run one call: its dependencies, its turn (ordered services), its batch."""
         task = asyncio.current_task()
         if task is not None:
             self._inflight.add(task)
         try:
-            release = await self.order() if self.order is not None else None
+            turn = self.order() if self.order is not None else None
+            if turn is not None:
+                await turn.wait()  # if cancelled, it passes the turn on in time
             try:
                 result = await self.batcher.admit(call)
             finally:
-                if release is not None:
-                    release()
+                if turn is not None:
+                    turn.release()
             return await result
         except BaseException as exc:
             self.batcher.abandon(call, exc)
@@ -355,8 +410,9 @@ class ServiceCore:
 
     async def close(self) -> None:
         """Let calls in flight finish (at most CLOSE_WAIT s), then close the session."""
-        if self._inflight:
-            await asyncio.wait(list(self._inflight), timeout=CLOSE_WAIT)
+        pending = [c.outcome() for c in self.batcher.live] + list(self._inflight)
+        if pending:
+            await asyncio.wait(pending, timeout=CLOSE_WAIT)
         if self._session is None:
             return
         try:

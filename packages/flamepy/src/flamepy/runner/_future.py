@@ -8,13 +8,13 @@ be passed as an argument to another call, nested in containers too.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from flamepy._errors import FlameTimeoutError
 from flamepy.core.cache import ObjectRef, get_object, get_object_async, put_object_async
 from flamepy.runner._calls import CallResult, Dependency
+from flamepy.runner._waiting import completed, settled, wait_calls
 
 
 def _timeout_error(timeout: float | None) -> FlameTimeoutError:
@@ -39,27 +39,26 @@ class _Refs:
 
 
 class ObjectFuture(Dependency):
-    """The result of a remote call made through the synchronous Runner API."""
+    """The result of a remote call made through the synchronous Runner API.
 
-    def __init__(
-        self,
-        future: concurrent.futures.Future[CallResult],
-        loop: Any,
-        ref_prefix: str,
-        call: Any = None,
-    ) -> None:
+    It is the call's record and nothing more: waiting on it (``get``, ``wait``,
+    ``Runner.get`` over many) costs no thread and no per-call future.
+    """
+
+    __slots__ = ("__weakref__", "_call", "_loop", "_prefix", "_refs", "_service")
+
+    def __init__(self, call: Any, loop: Any, ref_prefix: str, service: Any = None) -> None:
         self._call = call
-        self._future = future
         self._loop = loop  # flamepy's BackgroundLoop
-        self._refs = _Refs(ref_prefix)
+        self._prefix = ref_prefix
+        self._service = service  # the ServiceCore that cancels it
+        self._refs: _Refs | None = None
 
     def _result(self, timeout: float | None) -> CallResult:
-        try:
-            return self._future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            if self._future.done():
-                raise
-            raise _timeout_error(timeout) from None
+        call = self._call
+        if not call.settled and not wait_calls([call], timeout):
+            raise _timeout_error(timeout)
+        return call.result.result()  # type: ignore[no-any-return]
 
     def get(self, timeout: float | None = None) -> Any:
         """The call's return value; raises the remote exception if it failed."""
@@ -71,33 +70,44 @@ class ObjectFuture(Dependency):
         result = self._result(timeout)
         if result.ref is not None:
             return result.ref
-        return self._loop.run(self._refs.ref_of(result))  # type: ignore[no-any-return]
+        return self._loop.run(self._ref_of(result))  # type: ignore[no-any-return]
+
+    async def _ref_of(self, result: CallResult) -> ObjectRef:
+        if self._refs is None:  # made on the loop: one _Refs even if threads race
+            self._refs = _Refs(self._prefix)
+        return await self._refs.ref_of(result)
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the call finished (successfully or not)."""
-        done, _ = concurrent.futures.wait([self._future], timeout)
-        if not done:
+        if not wait_calls([self._call], timeout):
             raise _timeout_error(timeout)
 
     def done(self) -> bool:
-        return self._future.done()
+        return bool(self._call.settled)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        try:
-            return self._future.exception(timeout)
-        except concurrent.futures.TimeoutError:
-            raise _timeout_error(timeout) from None
+        if not wait_calls([self._call], timeout):
+            raise _timeout_error(timeout)
+        return self._call.result.exception()  # type: ignore[no-any-return]
 
     def cancel(self) -> bool:
-        """Cancel a call that is not submitted yet (one waiting for its arguments)."""
-        return self._future.cancel()
+        """Cancel a call that is not queued yet (one waiting for its arguments); it
+        and the calls that depend on it fail with TaskCancelledError."""
+        if self._call.settled or self._service is None:
+            return False
+        return self._loop.run(self._cancel())  # type: ignore[no-any-return]
+
+    async def _cancel(self) -> bool:
+        self._loop.run_posted()  # the call may not have come in yet
+        return self._service.cancel(self._call)  # type: ignore[no-any-return]
 
     async def _call_result(self) -> CallResult:
-        return await asyncio.wrap_future(self._future)
+        await settled(self._call)
+        return self._call.result.result()  # type: ignore[no-any-return]
 
     def __await__(self) -> Any:
         async def _get() -> Any:
-            result = await asyncio.wrap_future(self._future)
+            result = await self._call_result()
             return result.value if result.inline else await get_object_async(result.ref)  # type: ignore[arg-type]
 
         return _get().__await__()
@@ -164,10 +174,27 @@ def as_completed(
     futures: Iterable[ObjectFuture], timeout: float | None = None
 ) -> Iterator[ObjectFuture]:
     """Yield the futures in the order their calls finish."""
-    by_inner = {id(f._future): f for f in futures}
-    inner = [f._future for f in by_inner.values()]
+    by_call = {id(f._call): f for f in futures}
     try:
-        for done in concurrent.futures.as_completed(inner, timeout):
-            yield by_inner[id(done)]
-    except concurrent.futures.TimeoutError:
+        for call in completed([f._call for f in by_call.values()], timeout):
+            yield by_call[id(call)]
+    except TimeoutError:
         raise _timeout_error(timeout) from None
+
+
+def get_all(futures: Sequence[ObjectFuture], timeout: float | None) -> list[Any]:
+    """The values of ``futures``, waited for together, within ``timeout`` seconds in
+    all.  As soon as one call failed, the failure of the first failed call (in list
+    order) is raised, without waiting for the others."""
+    if not wait_calls([f._call for f in futures], timeout, first_failure=True):
+        raise _timeout_error(timeout)
+    for future in futures:
+        call = future._call
+        if call.settled and call.result.exception() is not None:
+            raise call.result.exception()
+    return [future.get(0) for future in futures]
+
+
+def wait_all(futures: Sequence[ObjectFuture], timeout: float | None) -> None:
+    if not wait_calls([f._call for f in futures], timeout):
+        raise _timeout_error(timeout)

@@ -6,22 +6,29 @@
         add = rr.service(lambda a, b: a + b)
         print(add(1, 2).get())
 
-The sync Runner runs its core on flamepy's one background loop; every call is a
-coroutine there, so thousands of futures in flight need no threads.
+The sync Runner runs its core on flamepy's one background loop.  A call is
+posted there (one wake-up per burst of calls) and admitted by a plain callback,
+so 100,000 futures in flight need no thread, task or future each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
-from flamepy._loop import background_loop
+from flamepy._loop import BackgroundLoop, background_loop
 from flamepy._types import ResourceRequirement
 from flamepy.core.cache import ObjectRef
 from flamepy.runner._core import RunnerCore, ServiceCore
-from flamepy.runner._future import AsyncObjectFuture, ObjectFuture, as_completed
+from flamepy.runner._future import (
+    AsyncObjectFuture,
+    ObjectFuture,
+    as_completed,
+    get_all,
+    wait_all,
+)
 from flamepy.runner._package import DEFAULT_SIZE_BUDGET
 
 FutureT = TypeVar("FutureT", ObjectFuture, AsyncObjectFuture)
@@ -72,6 +79,12 @@ class _ServiceFront(Generic[FutureT]):
         return self._submit(None, args, kwargs)
 
 
+async def _after_posted(loop: BackgroundLoop, closing: Coroutine[Any, Any, None]) -> None:
+    """``closing``, once the calls posted before it came in (so it waits for them)."""
+    loop.run_posted()
+    await closing
+
+
 class RunnerService(_ServiceFront[ObjectFuture]):
     """A remote function, class or object: each public method returns a future."""
 
@@ -83,12 +96,13 @@ class RunnerService(_ServiceFront[ObjectFuture]):
         self, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> ObjectFuture:
         loop = self._runner._loop
-        call = self._core.new_call(method, args, kwargs)
-        future = loop.submit(self._core.call(call))
-        return ObjectFuture(future, loop, self._ref_prefix, call)
+        core = self._core
+        call = core.new_call(method, args, kwargs)
+        loop.post(core.start, call)
+        return ObjectFuture(call, loop, self._ref_prefix, core)
 
     def close(self) -> None:
-        self._runner._loop.run(self._core.close())
+        self._runner._loop.run(_after_posted(self._runner._loop, self._core.close()))
 
 
 class _RunnerFront:
@@ -170,14 +184,16 @@ class Runner(_RunnerFront):
         return RunnerService(self, core)
 
     def get(self, futures: Sequence[ObjectFuture], timeout: float | None = None) -> list[Any]:
-        return [f.get(timeout) for f in futures]
+        """The values of ``futures``, within ``timeout`` seconds in all; raises the
+        first failure (in list order) as soon as a call failed."""
+        return get_all(futures, timeout)
 
     def ref(self, futures: Sequence[ObjectFuture], timeout: float | None = None) -> list[ObjectRef]:
         return [f.ref(timeout) for f in futures]
 
     def wait(self, futures: Sequence[ObjectFuture], timeout: float | None = None) -> None:
-        for future in futures:
-            future.wait(timeout)
+        """Block until every call finished, within ``timeout`` seconds in all."""
+        wait_all(futures, timeout)
 
     def select(
         self, futures: Sequence[ObjectFuture], timeout: float | None = None
@@ -192,7 +208,7 @@ class Runner(_RunnerFront):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._loop.run(self._core.close())
+            self._loop.run(_after_posted(self._loop, self._core.close()))
 
     def __enter__(self) -> Runner:
         return self
