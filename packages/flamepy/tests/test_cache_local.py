@@ -11,21 +11,23 @@ import gc
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
+from _cache_helpers import eventually as _eventually
+from _cache_helpers import objects as _objects
+from _cache_helpers import pooled as _pooled
+from _cache_helpers import use as _use
 
 from flame_testkit._cache_local import LocalTransfer
 from flame_testkit._cache_server import CacheServer
 from flamepy import _bson, _cache_client
 from flamepy._cache_local import (
     LOCAL_MIN_BYTES,
-    POOL_DIR,
     RECYCLE_MIN_BYTES,
     TransferDir,
     is_loopback,
@@ -48,31 +50,6 @@ def server(tmp_path: Path) -> Iterator[CacheServer]:
 def _clients() -> Iterator[None]:
     yield
     _cache_client.reset_clients()
-
-
-def _use(server: CacheServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FLAME_CACHE_ENDPOINT", server.endpoint)
-    monkeypatch.setenv("FLAME_ENDPOINT", "http://127.0.0.1:1")  # configured: no embedded cluster
-
-
-def _objects(server: CacheServer) -> list[str]:
-    gc.collect()
-    assert server.local_dir is not None
-    return sorted(p.name for p in Path(server.local_dir).glob("*.obj"))
-
-
-def _pooled(server: CacheServer) -> list[Path]:
-    gc.collect()
-    assert server.local_dir is not None
-    return sorted((Path(server.local_dir) / POOL_DIR).glob("*.free"))
-
-
-def _eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def _no_flight(*args: object) -> object:
@@ -328,13 +305,25 @@ def test_runner_arguments_and_results_go_as_files(
         array = np.random.default_rng(0).random(BIG)  # 8 x BIG bytes
         data = os.urandom(4 * 1024 * 1024)  # over LARGE_ARGUMENT: staged in the cache
         with Runner(f"local-{uuid.uuid4().hex[:8]}") as rr:
-            scaled = rr.service(lib.scale)(array, 2.0).get(120)
-            echoed = rr.service(lib.echo)(data).get(120)
-            # The 2 results stay; the 2 staged arguments are deleted once their
-            # calls are done, and their files go to the pool for reuse.
+            scaled_future = rr.service(lib.scale)(array, 2.0)
+            echoed_future = rr.service(lib.echo)(data)
+            scaled, echoed = rr.get([scaled_future, echoed_future], 120)
+            # The 2 results stay while their futures live; the 2 staged arguments
+            # are deleted once their calls are done, and their files are pooled.
             _eventually(lambda: len(_objects(cache_server)) == 2)
             assert 1 <= len(_pooled(cache_server)) <= 2
-        np.testing.assert_array_equal(scaled, array * 2.0)
+            # A result whose future is gone is deleted too, unless its ref was
+            # taken: then the caller owns the object.
+            kept = rr.service(lib.echo)(data)
+            kept_ref = kept.ref(120)
+            del scaled_future, echoed_future, kept
+            _eventually(lambda: len(_objects(cache_server)) == 1)  # kept_ref's
+            assert cache.get_object(kept_ref) == data[::-1]
+            # The zero-copy array still reads the deleted result's file.
+            np.testing.assert_array_equal(scaled, array * 2.0)
+            again = rr.service(lib.scale)(array, 3.0).get(120)  # may claim a pooled file
+            np.testing.assert_array_equal(scaled, array * 2.0)
+            np.testing.assert_array_equal(again, array * 3.0)
         assert echoed == data[::-1]
     finally:
         sys.modules.pop(name, None)

@@ -25,6 +25,7 @@ calls made at once needs one round trip per batch, not per call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import pickle
 from collections import deque
@@ -85,6 +86,7 @@ class Call:
         "children",
         "data",
         "entered",
+        "escaped",
         "forced",
         "index",
         "kwargs",
@@ -122,11 +124,34 @@ class Call:
         self.settled = False  # result is set (see _waiting); read from any thread
         self.waiters: list[Any] | None = None
         self.task: asyncio.Task[None] | None = None  # admitting it, when that must wait
+        self.escaped = False  # its result's ObjectRef was handed out: keep the object
 
     def outcome(self) -> asyncio.Future[CallResult]:
         if self.result is None:
             self.result = asyncio.get_running_loop().create_future()
         return self.result
+
+    def result_ref(self) -> ObjectRef | None:
+        """The ObjectRef of a successful result kept in the cache, else None."""
+        result = self.result
+        if result is None or not result.done() or result.cancelled():
+            return None
+        if result.exception() is not None:
+            return None
+        return result.result().ref
+
+    def __del__(self) -> None:
+        # Nobody can reach this call's result any more: its futures are gone, and
+        # so are the calls that took it as an argument (they hold those futures
+        # until they are done).  Unless its ObjectRef was handed out, the object
+        # is garbage; deleting it frees the cache (and, on the local cluster, its
+        # file goes to the pool that the next large result is written into).
+        try:
+            ref = None if self.escaped else self.result_ref()
+            if ref is not None:
+                self.batcher.drop(ref)
+        except Exception:  # pragma: no cover - never raise from a finalizer
+            pass
 
     def entered_future(self) -> asyncio.Future[None]:
         if self.entered is None:
@@ -182,6 +207,7 @@ class Batcher:
         self.tasks_sent = 0
         self.live: set[Call] = set()
         """Calls admitted and not done yet."""
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def new_call(self, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
         return Call(self, method, args, kwargs)
@@ -405,7 +431,19 @@ class Batcher:
         finally:
             started()
 
+    def drop(self, ref: ObjectRef) -> None:
+        """Delete a result nobody can reach (from any thread, at any time)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed in between
+            loop.call_soon_threadsafe(self._drop_now, ref)
+
+    def _drop_now(self, ref: ObjectRef) -> None:
+        self._spawn(_delete_objects([ref]))
+
     def _deliver(self, calls: list[Call], task: Task) -> None:
+        self._loop = asyncio.get_running_loop()
         output = task.output
         if task.state == TaskState.SUCCEED:
             if isinstance(output, bytes) and output[:4] == BATCH_RESULT_MAGIC:
@@ -458,7 +496,7 @@ class Batcher:
         call.args, call.kwargs, call.values, call.batch = (), {}, {}, None
         self.live.discard(call)
         if call.staged:
-            self._spawn(_delete_staged(call.staged))
+            self._spawn(_delete_objects(call.staged))
         call.staged = None
         _enter(call)
         result = call.outcome()
@@ -514,14 +552,15 @@ def _split(batch: _Batch, ways: int) -> list[_Batch]:
     return parts
 
 
-async def _delete_staged(refs: list[ObjectRef]) -> None:
-    """Delete the objects a finished call's arguments were staged in: the call was
-    their only user, and a long-running Runner must not keep every one."""
+async def _delete_objects(refs: list[ObjectRef]) -> None:
+    """Delete objects only one call used: the ones its arguments were staged in
+    (once it is done), or its result (once nobody can reach it).  A long-running
+    Runner must not keep every one."""
     for ref in refs:
         try:
             await delete_objects_async(ref.key)
         except Exception as exc:  # the Runner's cleanup at exit deletes it anyway
-            log.debug("cannot delete the staged argument %s: %s", ref.key, exc)
+            log.debug("cannot delete the object %s: %s", ref.key, exc)
 
 
 def _enter(call: Call) -> None:

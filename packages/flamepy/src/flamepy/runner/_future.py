@@ -69,6 +69,7 @@ class ObjectFuture(Dependency):
         """The ObjectRef of the return value (an inline value is stored first)."""
         result = self._result(timeout)
         if result.ref is not None:
+            self._call.escaped = True  # the caller keeps the object alive now
             return result.ref
         return self._loop.run(self._ref_of(result))  # type: ignore[no-any-return]
 
@@ -144,7 +145,10 @@ class AsyncObjectFuture(Dependency):
         return result.value if result.inline else await get_object_async(result.ref)  # type: ignore[arg-type]
 
     async def ref(self, timeout: float | None = None) -> ObjectRef:
-        return await self._refs.ref_of(await self._wait(timeout))
+        result = await self._wait(timeout)
+        if result.ref is not None and self._call is not None:
+            self._call.escaped = True  # the caller keeps the object alive now
+        return await self._refs.ref_of(result)
 
     async def wait(self, timeout: float | None = None) -> None:
         done, _ = await asyncio.wait([self._task], timeout=timeout)
