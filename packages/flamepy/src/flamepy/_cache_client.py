@@ -37,6 +37,7 @@ from flamepy._cache_codec import (
     uint64_array,
 )
 from flamepy._cache_local import LOCAL_MIN_BYTES, TransferDir, direct_size, is_loopback
+from flamepy._cache_maps import WRITER_MAPS
 from flamepy._errors import (
     ConfigError,
     ConnectionFailedError,
@@ -207,6 +208,7 @@ class CacheClient:
 
     def close(self) -> None:
         self._client.close()
+        WRITER_MAPS.prune()  # a closed cache may have taken its transfer files along
 
     # -- same-host transfers (_cache_local) -------------------------------------------
 

@@ -18,6 +18,7 @@ from typing import Any
 import cloudpickle
 import pyarrow as pa
 
+from flamepy._copy import PARALLEL_MIN, bytes_at
 from flamepy._errors import InvalidArgumentError
 from flamepy._pickle import dumps_after
 
@@ -239,6 +240,35 @@ def unpickle(data: pa.Buffer | bytes | bytearray | memoryview) -> Any:
     return _CompatUnpickler(io.BytesIO(memoryview(data))).load()
 
 
+_PROTO5 = b"\x80\x05"
+_BINBYTES = b"B"  # then a 4-byte length
+_BINBYTES8 = b"\x8e"  # then an 8-byte length
+_ENDS = (b".", b"\x94.")  # STOP, or MEMOIZE + STOP
+
+
+def _lone_bytes(body: pa.Buffer) -> bytes | None:
+    """The value of a large pickle that is one ``bytes`` object and nothing else (as
+    the same-host transfer writes it, or ``pickle.dumps(b)``), copied on two cores
+    (see ``_copy``); None for any other pickle, which is then unpickled."""
+    size = body.size
+    if size < PARALLEL_MIN:
+        return None
+    head = body[:11].to_pybytes()
+    if head[:2] != _PROTO5:
+        return None
+    if head[2:3] == _BINBYTES:
+        (length,) = struct.unpack_from("<I", head, 3)
+        start = 7
+    elif head[2:3] == _BINBYTES8:
+        (length,) = struct.unpack_from("<Q", head, 3)
+        start = 11
+    else:
+        return None
+    if start + length > size or body[start + length :].to_pybytes() not in _ENDS:
+        return None
+    return bytes_at(body.address + start, length)
+
+
 def decode_opaque(data: pa.Buffer | bytes | memoryview) -> Any:
     """Decode a ``data`` cell: FLM-prefixed bodies, or an older plain pickle."""
     buf = data if isinstance(data, pa.Buffer) else pa.py_buffer(data)
@@ -247,7 +277,8 @@ def decode_opaque(data: pa.Buffer | bytes | memoryview) -> Any:
     magic = buf[:4].to_pybytes()
     body = buf.slice(4)
     if magic == MAGIC_PICKLE:
-        return unpickle(body)
+        value = _lone_bytes(body)
+        return unpickle(body) if value is None else value
     if magic == MAGIC_TENSOR:
         return pa.ipc.read_tensor(pa.BufferReader(body)).to_numpy()
     if magic in (MAGIC_TABLE, MAGIC_BATCH, MAGIC_ARRAY):

@@ -12,8 +12,12 @@ files of objects the server dropped).  It claims one by renaming it, then takes
 a write lease on it, which the kernel grants only when no other descriptor or
 mapping of the file exists anywhere; a file still mapped by some reader goes
 back to the pool untouched.  A reused file's memory is already allocated, so
-the payload is one copy into warm pages (about 15 ms per 100 MB) instead of a
-copy into pages the kernel must first find and zero (50 ms and up).
+the payload is one copy into warm pages instead of a copy into pages the kernel
+must first find and zero (50 ms and up per 100 MB).  The writer also keeps its
+own mapping of the files it wrote (``_cache_maps``; the lease is asked on the
+file that mapping holds, so it still proves nobody else has it): writing into
+one again is a plain two-core copy, about 9 ms per 100 MB here, against 20 to
+30 ms through a new mapping.
 
 Whether a cache offers it is asked once per client, and only of a cache on a
 loopback address.  The reply must name a directory holding the token the
@@ -27,7 +31,6 @@ import errno
 import fcntl
 import ipaddress
 import logging
-import mmap
 import os
 import re
 import stat
@@ -42,6 +45,8 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 
 from flamepy._cache_codec import MAGIC_PICKLE, MAGIC_TENSOR, tensor_of
+from flamepy._cache_maps import WRITER_MAPS, Mapped
+from flamepy._copy import PARALLEL_MIN, copy_into
 
 log = logging.getLogger("flamepy.cache")
 
@@ -54,7 +59,9 @@ RECYCLE_MIN_BYTES = 1024 * 1024
 """Smaller files are not worth reusing: fresh memory costs little at that size."""
 CLAIM_TRIES = 3
 """Pooled files a write tries before it makes a new one."""
-_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+COPY_THREADS = 2
+"""Threads that copy a large tensor into a reused file's mapping."""
+"""Pooled files a write tries before it makes a new one."""
 _FREE_NAME = re.compile(r"[0-9a-f]{32}\.free")
 _PICKLE_BYTES8 = b"\x80\x05\x8e"  # PROTO 5, BINBYTES8 (then the 8-byte length)
 _PICKLE_STOP = b"."
@@ -102,26 +109,20 @@ class TransferDir:
             return None
         size = len(MAGIC_TENSOR) + pa.ipc.get_tensor_size(tensor)
 
-        def fill(fd: int, reused: bool) -> None:
-            # Through the descriptor we created or claimed (O_NOFOLLOW), not the name.
-            if reused:
-                # Into the file's own pages ("wb" would truncate them away), through
-                # a mapping whose page tables are filled at once (MAP_POPULATE)
-                # rather than by a write fault per page: half the time.
-                os.ftruncate(fd, size)
-                mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _MAP_POPULATE)
-                try:
-                    sink = pa.FixedSizeBufferWriter(pa.py_buffer(mapping))
+        def fill(target: Mapped | None, fd: int) -> None:
+            if target is None:  # a small file: written through the descriptor
+                with pa.OSFile(f"/proc/self/fd/{fd}", "wb") as sink:
                     sink.write(MAGIC_TENSOR)
                     pa.ipc.write_tensor(tensor, sink)
-                    sink.close()
-                    del sink  # releases the export, so the mapping can close
-                finally:
-                    mapping.close()
                 return
-            with pa.OSFile(f"/proc/self/fd/{fd}", "wb") as sink:
-                sink.write(MAGIC_TENSOR)
-                pa.ipc.write_tensor(tensor, sink)
+            buffer = pa.py_buffer(target.mapping)
+            sink = pa.FixedSizeBufferWriter(buffer)
+            if size >= PARALLEL_MIN:
+                sink.set_memcopy_threads(COPY_THREADS)  # Arrow's own threads
+            sink.write(MAGIC_TENSOR)
+            pa.ipc.write_tensor(tensor, sink)
+            sink.close()
+            del sink, buffer  # release the export: the mapping stays closable
 
         return self._store(size, fill)
 
@@ -129,41 +130,77 @@ class TransferDir:
         views = [memoryview(piece).cast("B") for piece in pieces]
         size = sum(len(view) for view in views)
 
-        def fill(fd: int, reused: bool) -> None:
-            if reused:
-                os.ftruncate(fd, size)
+        def fill(target: Mapped | None, fd: int) -> None:
             offset = 0
-            for view in views:
-                written = 0
-                while written < len(view):
-                    written += os.pwrite(fd, view[written:], offset + written)
-                offset += len(view)
+            if target is None:
+                for view in views:
+                    written = 0
+                    while written < len(view):
+                        written += os.pwrite(fd, view[written:], offset + written)
+                    offset += len(view)
+                return
+            into = pa.py_buffer(target.mapping)
+            try:
+                for view in views:
+                    source = pa.py_buffer(view)
+                    copy_into(into.address + offset, source.address, source.size)
+                    offset += source.size
+                    del source
+            finally:
+                del into
 
         return self._store(size, fill)
 
-    def _store(self, size: int, fill: Callable[[int, bool], None]) -> str:
-        """A file holding ``size`` bytes written by ``fill(fd, reused)``: a pooled
-        one when one is free, else a new one."""
-        claimed = self._claim(size) if size >= RECYCLE_MIN_BYTES else None
-        if claimed is not None:
-            fd, name = claimed
-        else:
+    def _store(self, size: int, fill: Callable[[Mapped | None, int], None]) -> str:
+        """A file holding ``size`` bytes written by ``fill(mapped, fd)``.
+
+        A small file is new and ``fill`` writes it through ``fd`` (``mapped`` is
+        None).  A file worth reusing (``RECYCLE_MIN_BYTES``) is a pooled one when
+        one is free, else a new one, and ``fill`` copies into ``mapped``: this
+        process keeps it open and mapped afterwards (``_cache_maps``), so writing
+        into it again costs only the copy.
+        """
+        if size < RECYCLE_MIN_BYTES:
             name = f"{uuid.uuid4().hex}.part"
             fd = os.open(
                 self.path / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600
             )
+            try:
+                fill(None, fd)
+            except BaseException:
+                (self.path / name).unlink(missing_ok=True)
+                raise
+            finally:
+                os.close(fd)
+            return name
+        WRITER_MAPS.prune()
+        claimed = self._claim(size)
+        if claimed is not None:
+            name, mapped = claimed
+        else:
+            name = f"{uuid.uuid4().hex}.part"
+            fd = os.open(
+                self.path / name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600
+            )
+            try:
+                mapped = Mapped.open(fd, size)
+            except BaseException:
+                os.close(fd)
+                (self.path / name).unlink(missing_ok=True)
+                raise
         try:
-            fill(fd, claimed is not None)
+            fill(mapped, mapped.fd)
         except BaseException:
+            mapped.close()
             (self.path / name).unlink(missing_ok=True)
             raise
-        finally:
-            os.close(fd)
+        WRITER_MAPS.keep(mapped)
         return name
 
-    def _claim(self, size: int) -> tuple[int, str] | None:
-        """A pooled file renamed to a new upload name and open for writing, once a
-        write lease showed that nobody else has it open or mapped; None if none is."""
+    def _claim(self, size: int) -> tuple[str, Mapped] | None:
+        """A pooled file renamed to a new upload name, open and mapped for writing
+        ``size`` bytes, once a write lease showed that nobody else has it open or
+        mapped; None if none is."""
         pool = self.path / POOL_DIR
         try:
             entries = [(e.stat(follow_symlinks=False).st_size, e.name) for e in os.scandir(pool)]
@@ -178,18 +215,44 @@ class TransferDir:
             path = self.path / name
             try:
                 os.rename(pool / free, path)  # ours now; no one else can claim it
-                fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+                info = path.lstat()
             except OSError:
                 continue  # another client was first
+            kept = WRITER_MAPS.take((info.st_dev, info.st_ino))
+            if kept is not None:
+                fd = kept.fd  # the lease is asked on the file our mapping holds
+            else:
+                try:
+                    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+                except OSError:
+                    path.unlink(missing_ok=True)
+                    continue
             info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != os.getuid():
-                os.close(fd)
+            same = kept is None or kept.file_id == (info.st_dev, info.st_ino)
+            if (
+                not stat.S_ISREG(info.st_mode)
+                or info.st_nlink != 1
+                or info.st_uid != os.getuid()
+                or not same
+            ):
+                _let_go(kept, fd)
                 path.unlink(missing_ok=True)
                 continue
             unused = _unused(fd)
             if unused:
-                return fd, name
-            os.close(fd)
+                try:
+                    if kept is None:
+                        return name, Mapped.open(fd, size)
+                    kept.resize(size)
+                    return name, kept
+                except BaseException:
+                    _let_go(kept, fd)
+                    path.unlink(missing_ok=True)
+                    raise
+            if kept is not None and unused is False:
+                WRITER_MAPS.keep(kept)  # a reader still maps it: ours stays for later
+            else:
+                _let_go(kept, fd)
             if unused is None:  # no leases here: the pool cannot be used safely
                 path.unlink(missing_ok=True)
                 continue
@@ -211,6 +274,13 @@ class TransferDir:
             return map_file(self.path / name)
         except (OSError, ValueError):
             return None
+
+
+def _let_go(kept: Mapped | None, fd: int) -> None:
+    if kept is not None:
+        kept.close()
+    else:
+        os.close(fd)
 
 
 def _unused(fd: int) -> bool | None:
