@@ -19,7 +19,7 @@ from flame_testkit._cache_server import CacheServer
 from flamepy import _cache_client
 from flamepy._cache_codec import MAGIC_PICKLE, decode_opaque
 from flamepy._cache_local import RECYCLE_MIN_BYTES
-from flamepy._cache_maps import WRITER_MAPS, Mapped, WriterMaps
+from flamepy._cache_maps import WRITER_MAPS, Mapped, WriterMaps, keep_mappings
 from flamepy._copy import PARALLEL_MIN, bytes_at
 from flamepy.core import cache
 
@@ -28,14 +28,22 @@ SIZE = 4 * RECYCLE_MIN_BYTES
 
 @pytest.fixture
 def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[CacheServer]:
-    WRITER_MAPS.clear()
     srv = CacheServer(port=0, local_transfer=True, compression=None)
     srv.start()
     use(srv, monkeypatch)
+    keep_mappings()  # as flmrun does
     yield srv
+    keep_mappings(0)
     _cache_client.reset_clients()
     srv.stop()
-    WRITER_MAPS.clear()
+
+
+def test_only_a_process_that_asks_keeps_mappings() -> None:
+    script = "from flamepy._cache_maps import WRITER_MAPS as M; print(M.max_files)"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.stdout.strip() == "0"
+    with pytest.raises(ValueError, match=">= 0"):
+        keep_mappings(-1)
 
 
 def _inode(server: CacheServer) -> int:
@@ -172,3 +180,77 @@ def test_a_lone_bytes_pickle_with_a_wrong_length_is_unpickled_not_copied() -> No
     body[3:7] = (PARALLEL_MIN + 10).to_bytes(4, "little")  # claims more than there is
     with pytest.raises(pickle.UnpicklingError):
         decode_opaque(pa.py_buffer(MAGIC_PICKLE + bytes(body)))
+
+
+PINNER = """
+import os, sys
+from flamepy._cache_maps import keep_mappings
+from flamepy.core import cache
+keep_mappings()
+ref = cache.put_object("app/pin", os.urandom(int(sys.argv[1])))
+cache.delete_objects(ref.key)  # to the pool, still mapped here
+print("pinned", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_write_skips_a_file_another_writer_keeps_and_reuses_a_free_one(
+    server: CacheServer,
+) -> None:
+    keep_mappings(0)  # this process keeps nothing, like a user's client
+    pinner = subprocess.Popen(
+        [sys.executable, "-c", PINNER, str(SIZE)],  # smaller: tried first by size
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert pinner.stdout is not None and pinner.stdout.readline() == "pinned\n"
+        mine = cache.put_object("app/ssn", os.urandom(2 * SIZE))  # cannot take that one
+        inode = _inode(server)
+        cache.delete_objects(mine.key)
+        _cache_client.reset_clients()
+        assert len(pooled(server)) == 2
+        cache.put_object("app/ssn", os.urandom(SIZE))
+        assert _inode(server) == inode  # the free one, not the pinned one
+        assert len(pooled(server)) == 1
+        assert len(WRITER_MAPS) == 0
+    finally:
+        pinner.communicate("\n", timeout=30)
+
+
+INSTANCE_LIB = """
+import os
+
+
+def big(n):
+    return os.getpid(), os.urandom(n)
+"""
+
+
+def test_an_instance_keeps_the_files_it_writes_results_into(
+    flame_env: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+    import uuid
+
+    from flame_testkit import ClusterThread
+    from flamepy import Runner
+
+    assert isinstance(flame_env, ClusterThread)
+    local_dir = flame_env.cluster.cache.local_dir if flame_env.cluster.cache else None
+    assert local_dir is not None
+    name = f"mapslib_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(INSTANCE_LIB)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    lib = importlib.import_module(name)
+    try:
+        with Runner(f"maps-{uuid.uuid4().hex[:8]}") as rr:
+            big = rr.service(lib.big)
+            pid, data = big(SIZE).get(120)
+            assert len(data) == SIZE
+            held = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+            assert any(link.startswith(str(local_dir)) for link in held), held
+    finally:
+        sys.modules.pop(name, None)

@@ -13,11 +13,11 @@ a write lease on it, which the kernel grants only when no other descriptor or
 mapping of the file exists anywhere; a file still mapped by some reader goes
 back to the pool untouched.  A reused file's memory is already allocated, so
 the payload is one copy into warm pages instead of a copy into pages the kernel
-must first find and zero (50 ms and up per 100 MB).  The writer also keeps its
-own mapping of the files it wrote (``_cache_maps``; the lease is asked on the
-file that mapping holds, so it still proves nobody else has it): writing into
-one again is a plain two-core copy, about 9 ms per 100 MB here, against 20 to
-30 ms through a new mapping.
+must first find and zero (50 ms and up per 100 MB).  A process that asks for
+it (flmrun does) also keeps its own mapping of the files it wrote
+(``_cache_maps``; the lease is asked on the file that mapping holds, so it
+still proves nobody else has it): writing into one again is a plain two-core
+copy, about 9 ms per 100 MB here, against 20 to 30 ms through a new mapping.
 
 Whether a cache offers it is asked once per client, and only of a cache on a
 loopback address.  The reply must name a directory holding the token the
@@ -45,7 +45,7 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 
 from flamepy._cache_codec import MAGIC_PICKLE, MAGIC_TENSOR, tensor_of
-from flamepy._cache_maps import WRITER_MAPS, Mapped
+from flamepy._cache_maps import WRITER_MAPS, Mapped, kept_ids
 from flamepy._copy import PARALLEL_MIN, copy_into
 
 log = logging.getLogger("flamepy.cache")
@@ -57,8 +57,9 @@ POOL_DIR = "free"
 """The subdirectory where the server keeps dropped objects' files for reuse."""
 RECYCLE_MIN_BYTES = 1024 * 1024
 """Smaller files are not worth reusing: fresh memory costs little at that size."""
-CLAIM_TRIES = 3
-"""Pooled files a write tries before it makes a new one."""
+CLAIM_TRIES = 8
+"""Pooled files a write tries before it makes a new one (a try costs two renames,
+an open and a lease: microseconds, against milliseconds for a new file)."""
 COPY_THREADS = 2
 """Threads that copy a large tensor into a reused file's mapping."""
 """Pooled files a write tries before it makes a new one."""
@@ -203,14 +204,20 @@ class TransferDir:
         mapped; None if none is."""
         pool = self.path / POOL_DIR
         try:
-            entries = [(e.stat(follow_symlinks=False).st_size, e.name) for e in os.scandir(pool)]
+            found = [(e.name, e.stat(follow_symlinks=False)) for e in os.scandir(pool)]
         except OSError:
             return None
-        # The smallest file that holds the payload, else the largest smaller one.
-        entries = [e for e in entries if _FREE_NAME.fullmatch(e[1])]
-        fitting = sorted(e for e in entries if e[0] >= size)
-        short = sorted((e for e in entries if e[0] < size), reverse=True)
-        for _, free in (fitting + short)[:CLAIM_TRIES]:
+        ours = kept_ids()
+        entries = [
+            ((info.st_dev, info.st_ino) not in ours, info.st_size, name)
+            for name, info in found
+            if _FREE_NAME.fullmatch(name)
+        ]
+        # Files we keep mapped first (no other process can use them), then the
+        # smallest file that holds the payload, then the largest smaller ones.
+        fitting = sorted(e for e in entries if e[1] >= size)
+        short = sorted((e for e in entries if e[1] < size), key=lambda e: (e[0], -e[1]))
+        for _, _, free in sorted(fitting + short, key=lambda e: e[0])[:CLAIM_TRIES]:
             name = f"{uuid.uuid4().hex}.part"
             path = self.path / name
             try:

@@ -12,9 +12,14 @@ made it, kept open), so the lease still proves that no other process, and no
 other mapping of ours, has the file: a reader's mapping is its own open file and
 makes the lease fail, as before.
 
+A kept file is useless to every other process (their lease fails on it), and
+its memory is held while it waits in the pool.  So keeping is off unless a
+process asks for it with :func:`keep_mappings`: flmrun does, because an
+instance writes result after result and lives only as long as its session.
 What is kept is bounded (:data:`MAX_FILES`, :data:`MAX_BYTES`), and a file that
 lost its name (the server dropped it for good) is let go at the next write or
-read, so its memory is not held.  A forked child drops what it inherited.
+client close, so its memory is not held.  A forked child drops what it
+inherited.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 MAX_FILES = 4
-"""Files kept mapped per process at most."""
+"""Files kept mapped per process at most, once keeping is on."""
 MAX_BYTES = 512 * 1024 * 1024
 """Bytes kept mapped per process at most."""
 MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
@@ -129,8 +134,25 @@ class WriterMaps:
             return len(self._kept)
 
 
-WRITER_MAPS = WriterMaps()
-"""This process's kept files."""
+WRITER_MAPS = WriterMaps(max_files=0)
+"""This process's kept files (none until :func:`keep_mappings`)."""
+
+
+def keep_mappings(max_files: int = MAX_FILES, max_bytes: int = MAX_BYTES) -> None:
+    """Keep up to ``max_files`` files (``max_bytes`` in all) this process writes
+    mapped for its next writes; ``max_files=0`` turns keeping off."""
+    if max_files < 0 or max_bytes < 0:
+        raise ValueError("max_files and max_bytes must be >= 0")
+    WRITER_MAPS.max_files = max_files
+    WRITER_MAPS.max_bytes = max_bytes
+    if max_files == 0:
+        WRITER_MAPS.clear()
+
+
+def kept_ids() -> set[FileId]:
+    """The files this process keeps mapped."""
+    with WRITER_MAPS._lock:
+        return set(WRITER_MAPS._kept)
 
 
 def _forget_after_fork() -> None:

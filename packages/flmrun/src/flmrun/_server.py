@@ -37,6 +37,7 @@ from typing import TypeAlias, cast
 
 import grpc
 
+from flamepy._cache_maps import keep_mappings
 from flamepy.proto import shim_pb2_grpc
 from flmrun._errors import InstanceConfigError, ServiceLoadError
 from flmrun._memory import apply_from_env
@@ -248,12 +249,15 @@ def run(service: ServiceSpec, endpoint: str | None = None) -> None:
 
     This is an instance process's entry point, so it also sets the process's
     memory policy: freed memory is kept for reuse (``flmrun._memory``,
-    ``FLMRUN_HEAP_KEEP``).
+    ``FLMRUN_HEAP_KEEP``), and so are the mappings of the transfer files it
+    writes results into (``flamepy._cache_maps``): an instance writes result
+    after result, and lives only as long as its session.
     """
     try:
         apply_from_env()
     except ValueError as exc:
         raise InstanceConfigError(str(exc)) from None
+    keep_mappings()
     asyncio.run(serve(service, endpoint))
 
 
