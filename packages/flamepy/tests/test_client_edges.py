@@ -17,6 +17,7 @@ from flamepy import (
     ConfigError,
     Connection,
     ConnectionFailedError,
+    NotFoundError,
     SessionAttributes,
     TaskCancelledError,
     TaskFailedError,
@@ -150,3 +151,23 @@ def test_module_level_api_uses_the_configured_endpoint(
         assert len(flamepy.list_nodes()) == 1
     finally:
         flamepy._client.reset_default_connection()
+
+
+def test_follow_task_reports_states_and_returns_the_terminal_task(flame_endpoint: str) -> None:
+    async def main() -> None:
+        async with await AsyncConnection.connect(flame_endpoint) as conn:
+            ssn = await conn.create_session(SessionAttributes(application=TEST_APP))
+            async with ssn:
+                seen: list[TaskState] = []
+                task_id = await conn.create_task_id(ssn.id, b"sleep:0.2")
+                final = await conn.follow_task(ssn.id, task_id, seen.append)
+                assert final.state == TaskState.SUCCEED and final.output == b"slept"
+                assert TaskState.RUNNING in seen and not any(s.is_terminal for s in seen)
+                failed_id = await conn.create_task_id(ssn.id, b"fail:followed")
+                failed = await conn.follow_task(ssn.id, failed_id, seen.append)
+                assert failed.state == TaskState.FAILED
+                assert "followed" in (failed.failure_message() or "")
+                with pytest.raises(NotFoundError):
+                    await conn.follow_task(ssn.id, "999999", seen.append)
+
+    asyncio.run(main())

@@ -30,6 +30,7 @@ from flamepy._convert import (
     node_from_proto,
     resreq_to_proto,
     task_from_proto,
+    task_state,
 )
 from flamepy._errors import (
     FlameTimeoutError,
@@ -283,6 +284,13 @@ class AsyncConnection:
     # -- tasks ----------------------------------------------------------------------
 
     async def create_task(self, session_id: str, input_data: bytes | None) -> Task:
+        return task_from_proto(await self._create_task(session_id, input_data))
+
+    async def create_task_id(self, session_id: str, input_data: bytes | None) -> str:
+        """:meth:`create_task`, returning only the new task's id (nothing converted)."""
+        return str((await self._create_task(session_id, input_data)).metadata.id)
+
+    async def _create_task(self, session_id: str, input_data: bytes | None) -> types_pb2.Task:
         if input_data is not None and not isinstance(input_data, (bytes, bytearray, memoryview)):
             raise InvalidArgumentError(
                 f"task input must be bytes, not {type(input_data).__name__}; serialize it first"
@@ -290,10 +298,10 @@ class AsyncConnection:
         spec = types_pb2.TaskSpec(session_id=session_id)
         if input_data is not None:
             spec.input = bytes(input_data)
-        reply = await self._unary(
+        reply: types_pb2.Task = await self._unary(
             f"CreateTask({session_id})", self._stub.CreateTask, fe.CreateTaskRequest(task=spec)
         )
-        return task_from_proto(reply)
+        return reply
 
     async def get_task(self, session_id: str, task_id: str) -> Task:
         request = fe.GetTaskRequest(task_id=str(task_id), session_id=session_id)
@@ -323,6 +331,36 @@ class AsyncConnection:
             async for task in self._watch(what, session_id, task_id):
                 yield task
 
+    async def follow_task(
+        self, session_id: str, task_id: str, on_state: Callable[[TaskState], None]
+    ) -> Task:
+        """:meth:`watch_task` for a caller that needs only the states before the end:
+        ``on_state`` gets each one, and the terminal task is returned (the only
+        message converted; no generator per layer)."""
+        what = f"WatchTask({session_id}/{task_id})"
+        async with self._watch_slots:
+            while True:
+                call = self._stub.WatchTask(
+                    fe.WatchTaskRequest(task_id=str(task_id), session_id=session_id)
+                )
+                terminal: Task | None = None
+                try:
+                    async for msg in call:
+                        state = task_state(msg.status.state)
+                        if state.is_terminal:
+                            terminal = task_from_proto(msg)
+                            if not self.in_process:  # see _watch
+                                break
+                            continue
+                        on_state(state)
+                except grpc.aio.AioRpcError as exc:
+                    raise from_rpc_error(exc, what) from exc
+                finally:
+                    call.cancel()
+                final = await self._terminal(session_id, task_id, terminal)
+                if final is not None:
+                    return final
+
     async def _watch(self, what: str, session_id: str, task_id: str) -> AsyncIterator[Task]:
         while True:
             call = self._stub.WatchTask(
@@ -345,16 +383,23 @@ class AsyncConnection:
                 raise from_rpc_error(exc, what) from exc
             finally:
                 call.cancel()
-            if terminal is None:
-                current = await self.get_task(session_id, task_id)
-                if not current.state.is_terminal:
-                    await asyncio.sleep(REWATCH_DELAY)
-                    continue
-                terminal = current
-            elif terminal.state == TaskState.FAILED and not terminal.failure_message():
-                terminal = await self.get_task(session_id, task_id)
-            yield terminal
-            return
+            final = await self._terminal(session_id, task_id, terminal)
+            if final is not None:
+                yield final
+                return
+
+    async def _terminal(self, session_id: str, task_id: str, seen: Task | None) -> Task | None:
+        """The task's terminal state after its watch stream ended (``seen``: the
+        terminal message it carried); None when it must be watched again."""
+        if seen is None:
+            current = await self.get_task(session_id, task_id)
+            if not current.state.is_terminal:
+                await asyncio.sleep(REWATCH_DELAY)
+                return None
+            return current
+        if seen.state == TaskState.FAILED and not seen.failure_message():
+            return await self.get_task(session_id, task_id)
+        return seen
 
     async def wait_task(self, session_id: str, task_id: str, timeout: float | None = None) -> Task:
         """Wait until the task is terminal and return it (never raises for its state)."""

@@ -59,7 +59,12 @@ def is_plain(obj: Any) -> bool:
 
 def dumps(obj: Any) -> bytes:
     """``obj`` pickled: with the standard pickle when it is plain, else cloudpickle."""
-    if is_plain(obj):
+    return dumps_as(obj, is_plain(obj))
+
+
+def dumps_as(obj: Any, plain: bool) -> bytes:
+    """``obj`` pickled, when whether it :func:`is_plain` is already known."""
+    if plain:
         return pickle.dumps(obj, protocol=PROTOCOL)
     return cloudpickle.dumps(obj, protocol=PROTOCOL)  # type: ignore[no-any-return]
 

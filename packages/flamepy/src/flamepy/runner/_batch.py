@@ -35,7 +35,7 @@ from typing import Any
 
 from flamepy._async_client import AsyncSession
 from flamepy._errors import InvalidArgumentError, TaskCancelledError, TaskFailedError
-from flamepy._pickle import dumps
+from flamepy._pickle import dumps_as
 from flamepy._types import Task, TaskState
 from flamepy.core.cache import ObjectRef, delete_objects_async
 from flamepy.runner._calls import (
@@ -85,12 +85,14 @@ class Call:
         "batcher",
         "children",
         "data",
+        "deps",
         "entered",
         "escaped",
         "forced",
         "index",
         "kwargs",
         "method",
+        "plain",
         "request",
         "result",
         "settled",
@@ -109,6 +111,10 @@ class Call:
         self.method = method
         self.args = args
         self.kwargs = kwargs
+        # The futures among its arguments (staging never replaces one): None if none.
+        self.deps: list[Dependency] | None = (
+            find(kwargs, Dependency, find(args, Dependency)) or None
+        )
         self.state = CallState.WAITING
         self.values: dict[int, Any] = {}  # id(dependency) -> its ObjectRef or inline value
         self.children: list[Call] | None = None  # calls waiting for it to be queued or done
@@ -116,6 +122,7 @@ class Call:
         self.index = -1
         self.request: RunnerRequest | None = None
         self.data = b""
+        self.plain = False  # whether the standard pickle made its request's pickle
         self.forced = False
         self.slot_parent: Call | None = None  # a parent it refers to by BatchSlot
         self.staged: list[ObjectRef] | None = None  # objects made for its arguments
@@ -218,7 +225,7 @@ class Batcher:
         """:meth:`admit` without waiting, when nothing needs waiting for: every
         external dependency settled (and succeeded), no argument to stage.  Returns
         False, having changed nothing, when the call must go through :meth:`admit`."""
-        deps = find(call.kwargs, Dependency, find(call.args, Dependency))
+        deps = call.deps or ()
         for dep in deps:
             if local_call(dep, self) is None:
                 parent = dep._call
@@ -246,7 +253,7 @@ class Batcher:
         if call.state is CallState.DONE:  # abandoned before it came in
             return result
         self.live.add(call)
-        deps = find(call.kwargs, Dependency, find(call.args, Dependency))
+        deps = call.deps or ()
         external = [d for d in deps if local_call(d, self) is None]
         if external:
             results = await asyncio.gather(*(d._call_result() for d in external))
@@ -303,7 +310,7 @@ class Batcher:
 
     def _encode(self, call: Call) -> Call | None:
         """Pickle ``call`` against the open batch; return the call it must wait for."""
-        deps = find(call.kwargs, Dependency, find(call.args, Dependency))
+        deps = call.deps or ()
         by_id = dict(call.values)
         call.slot_parent = None
         for dep in deps:
@@ -326,7 +333,7 @@ class Batcher:
         args = replace(call.args, Dependency, by_id) if deps else call.args
         kwargs = replace(call.kwargs, Dependency, by_id) if deps else call.kwargs
         try:
-            call.request, call.data = pickle_request(call.method, args, kwargs)
+            call.request, call.data, call.plain = pickle_request(call.method, args, kwargs)
         except InvalidArgumentError as exc:
             raise _Failed(exc) from exc
         return None
@@ -369,7 +376,7 @@ class Batcher:
     # -- sending ------------------------------------------------------------------------
 
     def _schedule_flush(self) -> None:
-        if not self._flush_scheduled:
+        if not self._flush_scheduled and (self._sealed or self._open.calls):
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
@@ -389,7 +396,7 @@ class Batcher:
             self._pending += 1
             for call in batch.calls:
                 call.state = CallState.SENT
-            self._spawn(self._send(batch))
+            self._tasks.add(asyncio.ensure_future(self._send(batch)))  # it removes itself
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -409,19 +416,21 @@ class Batcher:
 
         try:
             session = await self._open_session()
+            conn = session.connection
             data = _envelope(calls)
             if self._create_lock is not None:
                 async with self._create_lock:
-                    task = await session.create_task(data)
+                    task_id = await conn.create_task_id(session.id, data)
             else:
-                task = await session.create_task(data)
+                task_id = await conn.create_task_id(session.id, data)
             self.tasks_sent += 1
-            final: Task | None = None
-            async for update in session.watch_task(task.id):
-                if update.state != TaskState.PENDING:
+
+            def on_state(state: TaskState) -> None:
+                if state != TaskState.PENDING:
                     started()
-                final = update
-            assert final is not None
+
+            final = await conn.follow_task(session.id, task_id, on_state)
+            started()
             self._deliver(calls, final)
         except BaseException as exc:
             for call in calls:
@@ -430,6 +439,7 @@ class Batcher:
                 raise
         finally:
             started()
+            self._tasks.discard(asyncio.current_task())
 
     def drop(self, ref: ObjectRef) -> None:
         """Delete a result nobody can reach (from any thread, at any time)."""
@@ -494,6 +504,7 @@ class Batcher:
         call.request = None
         call.data = b""
         call.args, call.kwargs, call.values, call.batch = (), {}, {}, None
+        call.deps = None  # the futures it took: their results may go now
         self.live.discard(call)
         if call.staged:
             self._spawn(_delete_objects(call.staged))
@@ -575,6 +586,6 @@ def _envelope(calls: list[Call]) -> bytes:
     request = head.request
     setattr(request, BATCH_ATTRIBUTE, [c.data for c in calls[1:]])
     try:
-        return dumps(request)
+        return dumps_as(request, head.plain)  # a list of bytes added: still as plain
     finally:
         delattr(request, BATCH_ATTRIBUTE)

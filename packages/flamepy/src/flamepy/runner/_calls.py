@@ -21,7 +21,7 @@ from flamepy._errors import (
     RemoteTraceback,
     TaskFailedError,
 )
-from flamepy._pickle import dumps
+from flamepy._pickle import dumps, dumps_as, is_plain
 from flamepy._types import Task
 from flamepy.core.cache import ObjectRef, put_object_async
 from flamepy.runner.types import (
@@ -102,12 +102,14 @@ async def stage_arguments(
 
 def pickle_request(
     method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[RunnerRequest, bytes]:
-    """One call's RunnerRequest (offering inline results) and its pickle."""
+) -> tuple[RunnerRequest, bytes, bool]:
+    """One call's RunnerRequest (offering inline results), its pickle, and whether
+    the standard pickle made it (see ``flamepy._pickle``)."""
     request = RunnerRequest(method=method, args=args or None, kwargs=kwargs or None)
     setattr(request, INLINE_ATTRIBUTE, INLINE_RESULT_LIMIT)
     try:
-        return request, dumps(request)
+        plain = is_plain(request)
+        return request, dumps_as(request, plain), plain
     except Exception as exc:
         raise InvalidArgumentError(
             f"cannot pickle the arguments of {method or 'the call'}: {exc}"
