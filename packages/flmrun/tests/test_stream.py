@@ -228,3 +228,38 @@ def test_a_relative_stream_path_is_a_clear_startup_error(
     assert inst.wait_exit() == 2
     assert "FLMRUN_TASK_STREAM is 'x.tasks': it must be an absolute path" in inst.stderr()
     assert sorted(p.name for p in Path(inst.sock).parent.iterdir() if p.is_socket()) == []
+
+
+def test_the_frame_reader_reassembles_frames_however_they_arrive() -> None:
+    import socket as _socket
+    import threading as _threading
+
+    from flmrun._stream import FrameReader, _Malformed
+
+    big = os.urandom(3 * FrameReader.CHUNK + 7)
+    small = [os.urandom(n) for n in (1, 5, 700, FrameReader.CHUNK)]
+    left, right = _socket.socketpair()
+    wire = b"".join(small) + big + b"tail"
+
+    def send_in_odd_pieces() -> None:
+        for start in range(0, len(wire), 4093):
+            left.sendall(wire[start : start + 4093])
+        left.close()
+
+    sender = _threading.Thread(target=send_in_odd_pieces)
+    sender.start()
+    reader = FrameReader(right)
+    try:
+        assert [reader.read(len(p)) for p in small] == small
+        assert reader.read(len(big)) == big
+        with pytest.raises(_Malformed, match="4 bytes into a 10-byte frame"):
+            reader.read(10)
+    finally:
+        sender.join()
+        right.close()
+    quiet, peer = _socket.socketpair()
+    quiet.close()
+    try:
+        assert FrameReader(peer).read(5) is None  # closed before a frame: the end
+    finally:
+        peer.close()

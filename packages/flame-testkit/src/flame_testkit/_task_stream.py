@@ -21,6 +21,8 @@ log = logging.getLogger("flame_testkit.executor")
 
 CONNECT_TIMEOUT = 5.0
 """Seconds to connect and exchange the hello; past it the executor keeps to gRPC."""
+JOIN_LIMIT = 64 * 1024
+"""Frames up to this size are sent in one write (header and payload joined)."""
 
 
 class TaskStreamError(Exception):
@@ -80,8 +82,12 @@ class TaskStreamClient:
             # fails or is cancelled midway leaves it unusable.
             self._broken = "an earlier call on the task stream did not finish"
             try:
-                self._writer.write(HEADER.pack(len(payload), method))
-                self._writer.write(payload)
+                header = HEADER.pack(len(payload), method)
+                if len(payload) <= JOIN_LIMIT:  # one send, not two
+                    self._writer.write(header + payload)
+                else:
+                    self._writer.write(header)
+                    self._writer.write(payload)
                 size, status = HEADER.unpack(await self._reader.readexactly(HEADER.size))
                 reply = await self._reader.readexactly(size) if size else b""
             except asyncio.IncompleteReadError as exc:
