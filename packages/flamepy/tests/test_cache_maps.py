@@ -19,7 +19,14 @@ from flame_testkit._cache_server import CacheServer
 from flamepy import _cache_client
 from flamepy._cache_codec import MAGIC_PICKLE, decode_opaque
 from flamepy._cache_local import RECYCLE_MIN_BYTES
-from flamepy._cache_maps import WRITER_MAPS, Mapped, WriterMaps, keep_mappings
+from flamepy._cache_maps import (
+    MAX_BYTES,
+    MAX_FILES,
+    WRITER_MAPS,
+    Mapped,
+    WriterMaps,
+    keep_mappings,
+)
 from flamepy._copy import PARALLEL_MIN, bytes_at
 from flamepy.core import cache
 
@@ -31,17 +38,20 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[CacheServer]:
     srv = CacheServer(port=0, local_transfer=True, compression=None)
     srv.start()
     use(srv, monkeypatch)
-    keep_mappings()  # as flmrun does
+    keep_mappings()  # the defaults
     yield srv
     keep_mappings(0)
     _cache_client.reset_clients()
     srv.stop()
 
 
-def test_only_a_process_that_asks_keeps_mappings() -> None:
-    script = "from flamepy._cache_maps import WRITER_MAPS as M; print(M.max_files)"
+def test_keeping_is_on_by_default_and_can_be_turned_off(server: CacheServer) -> None:
+    script = "from flamepy._cache_maps import WRITER_MAPS as M; print(M.max_files, M.max_bytes)"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert out.stdout.strip() == "0"
+    assert out.stdout.split() == [str(MAX_FILES), str(MAX_BYTES)]
+    keep_mappings(0)
+    cache.put_object("app/ssn", os.urandom(SIZE))
+    assert len(WRITER_MAPS) == 0
     with pytest.raises(ValueError, match=">= 0"):
         keep_mappings(-1)
 

@@ -12,14 +12,14 @@ made it, kept open), so the lease still proves that no other process, and no
 other mapping of ours, has the file: a reader's mapping is its own open file and
 makes the lease fail, as before.
 
-A kept file is useless to every other process (their lease fails on it), and
-its memory is held while it waits in the pool.  So keeping is off unless a
-process asks for it with :func:`keep_mappings`: flmrun does, because an
-instance writes result after result and lives only as long as its session.
-What is kept is bounded (:data:`MAX_FILES`, :data:`MAX_BYTES`), and a file that
-lost its name (the server dropped it for good) is let go at the next write or
-client close, so its memory is not held.  A forked child drops what it
-inherited.
+A kept file is useless to every other process (their lease fails on it), so a
+claim tries the files its own process keeps first (``_cache_local``): a client
+that passes big arguments and an instance that returns big results each find
+their own.  A kept file waiting in the pool holds no memory the pool would not
+hold anyway.  What is kept is bounded (:data:`MAX_FILES`, :data:`MAX_BYTES`),
+a file that lost its name (the server dropped it for good) is let go at the
+next write or client close, and :func:`keep_mappings` changes the bounds
+(``0`` turns keeping off).  A forked child drops what it inherited.
 """
 
 from __future__ import annotations
@@ -134,8 +134,8 @@ class WriterMaps:
             return len(self._kept)
 
 
-WRITER_MAPS = WriterMaps(max_files=0)
-"""This process's kept files (none until :func:`keep_mappings`)."""
+WRITER_MAPS = WriterMaps()
+"""This process's kept files."""
 
 
 def keep_mappings(max_files: int = MAX_FILES, max_bytes: int = MAX_BYTES) -> None:

@@ -250,8 +250,7 @@ def run(service: ServiceSpec, endpoint: str | None = None) -> None:
     This is an instance process's entry point, so it also sets the process's
     memory policy: freed memory is kept for reuse (``flmrun._memory``,
     ``FLMRUN_HEAP_KEEP``), and so are the mappings of the transfer files it
-    writes results into (``flamepy._cache_maps``): an instance writes result
-    after result, and lives only as long as its session.
+    writes results into (``flamepy._cache_maps``, at its default bounds).
     """
     try:
         apply_from_env()
