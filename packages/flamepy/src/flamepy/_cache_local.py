@@ -14,10 +14,10 @@ mapping of the file exists anywhere; a file still mapped by some reader goes
 back to the pool untouched.  A reused file's memory is already allocated, so
 the payload is one copy into warm pages instead of a copy into pages the kernel
 must first find and zero (50 ms and up per 100 MB).  A writer also keeps its
-own mapping of the files it wrote
-(``_cache_maps``; the lease is asked on the file that mapping holds, so it
-still proves nobody else has it): writing into one again is a plain two-core
-copy, about 9 ms per 100 MB here, against 20 to 30 ms through a new mapping.
+own mapping of the files it wrote (``_cache_maps``; the lease is asked on the
+file that mapping holds, so it still proves nobody else has it): writing into
+one again is a plain two-core copy, about 9 ms per 100 MB here, against 20 to
+30 ms through a new mapping.
 
 Whether a cache offers it is asked once per client, and only of a cache on a
 loopback address.  The reply must name a directory holding the token the
