@@ -79,7 +79,7 @@ def test_our_pickled_wire_types_are_the_peers_classes(
     """runpy checks isinstance against its own RunnerRequest / RunnerContext / ObjectRef:
     what our Runner pickles must load as exactly those classes."""
     ref = ObjectRef("grpc://127.0.0.1:9090", "app/ssn/obj", 1)
-    _, request = pickle_request("add", (ref, 5), {"k": ref})
+    _, request, _ = pickle_request("add", (ref, 5), {"k": ref})
     ours = {
         "request": request.hex(),  # the exact TaskSpec.input our Runner sends
         "context_function": _dumps(RunnerContext(double)),
