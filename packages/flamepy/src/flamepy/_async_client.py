@@ -336,32 +336,26 @@ class AsyncConnection:
     ) -> Task:
         """:meth:`watch_task` for a caller that needs only the states before the end:
         ``on_state`` gets each one, and the terminal task is returned (the only
-        message converted; no generator per layer)."""
+        message converted)."""
         what = f"WatchTask({session_id}/{task_id})"
+        final: Task | None = None
         async with self._watch_slots:
-            while True:
-                call = self._stub.WatchTask(
-                    fe.WatchTaskRequest(task_id=str(task_id), session_id=session_id)
-                )
-                terminal: Task | None = None
-                try:
-                    async for msg in call:
-                        state = task_state(msg.status.state)
-                        if state.is_terminal:
-                            terminal = task_from_proto(msg)
-                            if not self.in_process:  # see _watch
-                                break
-                            continue
-                        on_state(state)
-                except grpc.aio.AioRpcError as exc:
-                    raise from_rpc_error(exc, what) from exc
-                finally:
-                    call.cancel()
-                final = await self._terminal(session_id, task_id, terminal)
-                if final is not None:
-                    return final
+            # Read to its end (it yields once here), so the generator finishes now.
+            async for task in self._watch(what, session_id, task_id, on_state):
+                final = task
+        assert final is not None
+        return final
 
-    async def _watch(self, what: str, session_id: str, task_id: str) -> AsyncIterator[Task]:
+    async def _watch(
+        self,
+        what: str,
+        session_id: str,
+        task_id: str,
+        on_state: Callable[[TaskState], None] | None = None,
+    ) -> AsyncIterator[Task]:
+        """Each change of the task, ending with its terminal state; with
+        ``on_state``, the changes before the end go to it (unconverted) and only
+        the terminal task is yielded."""
         while True:
             call = self._stub.WatchTask(
                 fe.WatchTaskRequest(task_id=str(task_id), session_id=session_id)
@@ -369,16 +363,19 @@ class AsyncConnection:
             terminal: Task | None = None
             try:
                 async for msg in call:
-                    task = task_from_proto(msg)
-                    if task.state.is_terminal:
-                        terminal = task
+                    state = task_state(msg.status.state)
+                    if state.is_terminal:
+                        terminal = task_from_proto(msg)
                         # The stream closes after its first terminal message.  In
                         # process, reading on to that end lets the servicer's stream
                         # finish by itself rather than be closed at our cancel.
                         if not self.in_process:
                             break
                         continue
-                    yield task
+                    if on_state is None:
+                        yield task_from_proto(msg)
+                    else:
+                        on_state(state)
             except grpc.aio.AioRpcError as exc:
                 raise from_rpc_error(exc, what) from exc
             finally:
