@@ -48,6 +48,7 @@ from flamepy.runner._calls import (
     needs_staging,
     pickle_request,
     stage_arguments,
+    succeeded,
 )
 from flamepy.runner._waiting import settle
 from flamepy.runner._walk import find, replace
@@ -140,12 +141,7 @@ class Call:
 
     def result_ref(self) -> ObjectRef | None:
         """The ObjectRef of a successful result kept in the cache, else None."""
-        result = self.result
-        if result is None or not result.done() or result.cancelled():
-            return None
-        if result.exception() is not None:
-            return None
-        return result.result().ref
+        return self.result.result().ref if succeeded(self.result) else None  # type: ignore[union-attr]
 
     def __del__(self) -> None:
         # Nobody can reach this call's result any more: its futures are gone, and
@@ -225,21 +221,15 @@ class Batcher:
         """:meth:`admit` without waiting, when nothing needs waiting for: every
         external dependency settled (and succeeded), no argument to stage.  Returns
         False, having changed nothing, when the call must go through :meth:`admit`."""
-        deps = call.deps or ()
-        for dep in deps:
-            if local_call(dep, self) is None:
-                parent = dep._call
-                if not isinstance(parent, Call) or not parent.settled:
-                    return False
-                assert parent.result is not None
-                if parent.result.exception() is not None:
-                    return False
+        external = [d for d in call.deps or () if local_call(d, self) is None]
+        for dep in external:
+            parent = dep._call
+            if not isinstance(parent, Call) or not parent.settled or not succeeded(parent.result):
+                return False
         if needs_staging(call.args, call.kwargs):
             return False
-        for dep in deps:
-            if local_call(dep, self) is None:
-                res = dep._call.result.result()
-                call.values[id(dep)] = res.value if res.inline else res.ref
+        for dep in external:
+            call.values[id(dep)] = dep._call.result.result().argument
         call.outcome()
         self.live.add(call)
         self._try_queue(call)
@@ -258,7 +248,7 @@ class Batcher:
         if external:
             results = await asyncio.gather(*(d._call_result() for d in external))
             for dep, res in zip(external, results, strict=True):
-                call.values[id(dep)] = res.value if res.inline else res.ref
+                call.values[id(dep)] = res.argument
         session = await self._open_session()
         if call.staged is None:
             call.staged = []
@@ -323,8 +313,7 @@ class Batcher:
                 exc = parent.result.exception()
                 if exc is not None:
                     raise _Failed(exc)
-                res = parent.result.result()
-                call.values[id(dep)] = by_id[id(dep)] = res.value if res.inline else res.ref
+                call.values[id(dep)] = by_id[id(dep)] = parent.result.result().argument
             elif parent.state is CallState.QUEUED and parent.batch is self._open:
                 by_id[id(dep)] = BatchSlot(parent.index)
                 call.slot_parent = parent
@@ -430,7 +419,6 @@ class Batcher:
                     started()
 
             final = await conn.follow_task(session.id, task_id, on_state)
-            started()
             self._deliver(calls, final)
         except BaseException as exc:
             for call in calls:

@@ -52,6 +52,22 @@ class CallResult:
     def inline(self) -> bool:
         return self.ref is None
 
+    @property
+    def argument(self) -> Any:
+        """What a call that took this result as an argument is sent: the value
+        itself when inline, else its ObjectRef."""
+        return self.value if self.ref is None else self.ref
+
+
+def succeeded(future: asyncio.Future[Any] | None) -> bool:
+    """Whether ``future`` exists, is done, and holds a result (not an error)."""
+    return (
+        future is not None
+        and future.done()
+        and not future.cancelled()
+        and future.exception() is None
+    )
+
 
 class Dependency:
     """What a future passed as an argument must offer to the call core."""
@@ -119,21 +135,20 @@ def pickle_request(
 _NEVER_STAGED = (ObjectRef, Dependency, int, float, bool, type(None))
 
 
+def _large(value: Any) -> bool:
+    """Whether an unforced staging moves ``value`` into the cache."""
+    return not isinstance(value, _NEVER_STAGED) and size_hint(value) > LARGE_ARGUMENT
+
+
 def needs_staging(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     """Whether :func:`stage_arguments` (not forced) would move any argument."""
-    for value in args:
-        if not isinstance(value, _NEVER_STAGED) and size_hint(value) > LARGE_ARGUMENT:
-            return True
-    for value in kwargs.values():
-        if not isinstance(value, _NEVER_STAGED) and size_hint(value) > LARGE_ARGUMENT:
-            return True
-    return False
+    return any(map(_large, args)) or any(map(_large, kwargs.values()))
 
 
 async def _maybe_to_cache(value: Any, prefix: str, force: bool = False) -> Any:
     if isinstance(value, _NEVER_STAGED):
         return value
-    if size_hint(value) > LARGE_ARGUMENT or (force and _pickled_size(value) > 64 * 1024):
+    if _large(value) or (force and _pickled_size(value) > 64 * 1024):
         return await put_object_async(prefix, value)
     return value
 

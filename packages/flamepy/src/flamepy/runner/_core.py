@@ -32,7 +32,7 @@ from flamepy._types import (
 )
 from flamepy.core.cache import delete_objects, put_object_async
 from flamepy.runner._batch import Batcher, Call, CallState
-from flamepy.runner._calls import CallResult, SubmissionOrder, Turn
+from flamepy.runner._calls import CallResult, SubmissionOrder, Turn, succeeded
 from flamepy.runner._package import DEFAULT_SIZE_BUDGET, Package, build_package
 from flamepy.runner._pickling import bind_constructor, pickle_context
 from flamepy.runner._storage import PackageStorage, storage_for
@@ -332,7 +332,7 @@ class ServiceCore:
         if call.state is not CallState.WAITING:
             return  # cancelled before it came in
         order = self.order
-        ready = (order is None or order.idle()) and self._session_open()
+        ready = (order is None or order.idle()) and self.opened_session_id() is not None
         if ready and self.batcher.admit_now(call):
             if order is not None and call.state is CallState.WAITING:
                 order.hold(call.entered_future())  # it waits for a call of ours
@@ -342,24 +342,20 @@ class ServiceCore:
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
-    def _session_open(self) -> bool:
-        session = self._session
-        return (
-            session is not None
-            and session.done()
-            and not session.cancelled()
-            and session.exception() is None
-        )
+    async def _admit_in_turn(self, call: Call, turn: Turn | None) -> asyncio.Future[CallResult]:
+        """:meth:`Batcher.admit`, once ``turn`` (if any) has come; the turn passes on
+        when it returns."""
+        if turn is not None:
+            await turn.wait()  # if cancelled, it passes the turn on in time
+        try:
+            return await self.batcher.admit(call)
+        finally:
+            if turn is not None:
+                turn.release()
 
     async def _admit_later(self, call: Call, turn: Turn | None) -> None:
         try:
-            if turn is not None:
-                await turn.wait()  # if cancelled, it passes the turn on in time
-            try:
-                await self.batcher.admit(call)
-            finally:
-                if turn is not None:
-                    turn.release()
+            await self._admit_in_turn(call, turn)
         except BaseException as exc:
             self.batcher.abandon(call, exc)  # the call's own result carries the error
             if not isinstance(exc, Exception):
@@ -384,13 +380,7 @@ class ServiceCore:
             self._inflight.add(task)
         try:
             turn = self.order() if self.order is not None else None
-            if turn is not None:
-                await turn.wait()  # if cancelled, it passes the turn on in time
-            try:
-                result = await self.batcher.admit(call)
-            finally:
-                if turn is not None:
-                    turn.release()
+            result = await self._admit_in_turn(call, turn)
             return await result
         except BaseException as exc:
             self.batcher.abandon(call, exc)
@@ -402,11 +392,7 @@ class ServiceCore:
     def opened_session_id(self) -> str | None:
         """The id of this service's session, if it was opened."""
         session = self._session
-        if session is None or not session.done() or session.cancelled():
-            return None
-        if session.exception() is not None:
-            return None
-        return session.result().id
+        return session.result().id if succeeded(session) else None  # type: ignore[union-attr]
 
     async def close(self) -> None:
         """Let calls in flight finish (at most CLOSE_WAIT s), then close the session."""
