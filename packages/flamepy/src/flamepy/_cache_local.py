@@ -62,7 +62,6 @@ CLAIM_TRIES = 8
 an open and a lease: microseconds, against milliseconds for a new file)."""
 COPY_THREADS = 2
 """Threads that copy a large tensor into a reused file's mapping."""
-"""Pooled files a write tries before it makes a new one."""
 _FREE_NAME = re.compile(r"[0-9a-f]{32}\.free")
 _PICKLE_BYTES8 = b"\x80\x05\x8e"  # PROTO 5, BINBYTES8 (then the 8-byte length)
 _PICKLE_STOP = b"."
@@ -162,10 +161,7 @@ class TransferDir:
         into it again costs only the copy.
         """
         if size < RECYCLE_MIN_BYTES:
-            name = f"{uuid.uuid4().hex}.part"
-            fd = os.open(
-                self.path / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600
-            )
+            name, fd = self._create(os.O_WRONLY)
             try:
                 fill(None, fd)
             except BaseException:
@@ -179,10 +175,7 @@ class TransferDir:
         if claimed is not None:
             name, mapped = claimed
         else:
-            name = f"{uuid.uuid4().hex}.part"
-            fd = os.open(
-                self.path / name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600
-            )
+            name, fd = self._create(os.O_RDWR)
             try:
                 mapped = Mapped.open(fd, size)
             except BaseException:
@@ -197,6 +190,13 @@ class TransferDir:
             raise
         WRITER_MAPS.keep(mapped)
         return name
+
+    def _create(self, access: int) -> tuple[str, int]:
+        """A new upload file here (never an existing name, never through a link),
+        opened with ``access``: its name and descriptor."""
+        name = f"{uuid.uuid4().hex}.part"
+        flags = access | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        return name, os.open(self.path / name, flags, 0o600)
 
     def _claim(self, size: int) -> tuple[str, Mapped] | None:
         """A pooled file renamed to a new upload name, open and mapped for writing
