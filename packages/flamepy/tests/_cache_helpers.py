@@ -4,9 +4,12 @@ looking into its transfer directory."""
 from __future__ import annotations
 
 import gc
+import importlib
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -39,3 +42,15 @@ def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.02)
+
+
+def user_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str, prefix: str
+) -> ModuleType:
+    """``source`` as a fresh module in ``tmp_path``, which becomes the working
+    directory (so a Runner packages it); the caller pops it from sys.modules."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return importlib.import_module(name)

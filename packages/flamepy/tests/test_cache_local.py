@@ -22,6 +22,7 @@ from _cache_helpers import eventually as _eventually
 from _cache_helpers import objects as _objects
 from _cache_helpers import pooled as _pooled
 from _cache_helpers import use as _use
+from _cache_helpers import user_module
 
 from flame_testkit._cache_local import LocalTransfer
 from flame_testkit._cache_server import CacheServer
@@ -286,7 +287,6 @@ def echo(data):
 def test_runner_arguments_and_results_go_as_files(
     flame_env: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import importlib
     import sys
     import uuid
 
@@ -296,11 +296,7 @@ def test_runner_arguments_and_results_go_as_files(
     assert isinstance(flame_env, ClusterThread)
     cache_server = flame_env.cluster.cache
     assert cache_server is not None and cache_server.local_dir is not None
-    name = f"locallib_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{name}.py").write_text(RUNNER_LIB)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    lib = importlib.import_module(name)
+    lib = user_module(tmp_path, monkeypatch, RUNNER_LIB, "locallib")
     try:
         array = np.random.default_rng(0).random(BIG)  # 8 x BIG bytes
         data = os.urandom(4 * 1024 * 1024)  # over LARGE_ARGUMENT: staged in the cache
@@ -326,7 +322,7 @@ def test_runner_arguments_and_results_go_as_files(
             np.testing.assert_array_equal(again, array * 3.0)
         assert echoed == data[::-1]
     finally:
-        sys.modules.pop(name, None)
+        sys.modules.pop(lib.__name__, None)
 
 
 def test_a_dropped_objects_file_is_reused_only_once_nobody_maps_it(

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from _cache_helpers import objects, pooled, use
+from _cache_helpers import objects, pooled, use, user_module
 
 from flame_testkit._cache_server import CacheServer
 from flamepy import _cache_client
@@ -241,7 +241,6 @@ def big(n):
 def test_an_instance_keeps_the_files_it_writes_results_into(
     flame_env: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import importlib
     import uuid
 
     from flame_testkit import ClusterThread
@@ -250,11 +249,7 @@ def test_an_instance_keeps_the_files_it_writes_results_into(
     assert isinstance(flame_env, ClusterThread)
     local_dir = flame_env.cluster.cache.local_dir if flame_env.cluster.cache else None
     assert local_dir is not None
-    name = f"mapslib_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{name}.py").write_text(INSTANCE_LIB)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    lib = importlib.import_module(name)
+    lib = user_module(tmp_path, monkeypatch, INSTANCE_LIB, "mapslib")
     try:
         with Runner(f"maps-{uuid.uuid4().hex[:8]}") as rr:
             big = rr.service(lib.big)
@@ -263,4 +258,4 @@ def test_an_instance_keeps_the_files_it_writes_results_into(
             held = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
             assert any(link.startswith(str(local_dir)) for link in held), held
     finally:
-        sys.modules.pop(name, None)
+        sys.modules.pop(lib.__name__, None)
