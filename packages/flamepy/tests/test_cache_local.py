@@ -119,16 +119,17 @@ def test_update_and_delete_remove_the_files(
     assert _objects(server) == []
 
 
-def test_an_unchanged_object_moves_no_data(
+def test_reading_back_an_object_put_as_a_file_moves_no_data(
     server: CacheServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _use(server, monkeypatch)
     ref = cache.put_object("app/ssn", b"z" * BIG)
     client = _cache_client.client_for(server.endpoint)
-    entry = client.local.get(ref.key)
-    assert entry is not None
+    assert client.local.get(ref.key) is None  # no copy kept: the file is the copy
     monkeypatch.setattr(_cache_client.CacheClient, "_fetch", _no_flight)
-    assert client.get_entry(ref.key) is entry  # LOCAL_GET said not modified
+    assert cache.get_object(ref) == b"z" * BIG  # its file, found by name
+    monkeypatch.setattr(_cache_client.CacheClient, "_action", _no_flight)
+    assert client.get_entry(ref.key, ref.version).base.size > BIG  # not even asked
 
 
 def test_a_cache_without_transfers_is_used_over_flight(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -41,6 +41,12 @@ fresh memory costs several times the copy itself.  The old name is gone at the
 rename, so nobody can map the dropped object after that.  The directory is
 removed when the server stops, or, if its process died, by the next server
 started on the host.
+
+An adopted object's file is named ``object_file(key, version)`` exactly while
+that object is its key's current one and has no patches (the store tells this
+directory under its lock, :class:`~flame_testkit._cache_store.StoreWatcher`);
+otherwise it has a private name.  A reader on the host that holds an ObjectRef
+maps that name without a ``LOCAL_GET``; a missing name means "ask".
 """
 
 from __future__ import annotations
@@ -52,13 +58,14 @@ import secrets
 import shutil
 import stat
 import tempfile
+import threading
 import weakref
 from pathlib import Path
 
 import pyarrow as pa
 
-from flame_testkit._cache_store import InvalidArgument
-from flamepy._cache_local import POOL_DIR, RECYCLE_MIN_BYTES, map_file
+from flame_testkit._cache_store import CacheObject, InvalidArgument
+from flamepy._cache_local import POOL_DIR, RECYCLE_MIN_BYTES, map_file, object_file
 
 log = logging.getLogger("flame_testkit.cache")
 
@@ -70,6 +77,8 @@ SHARED_MEMORY = Path("/dev/shm")
 INLINE_LIMIT = 256 * 1024
 """Payloads up to this size are answered inline by LOCAL_GET, bigger ones as a file."""
 _UPLOAD_NAME = re.compile(r"[0-9a-f]{32}\.part")
+_PRIVATE_NAME = re.compile(r"[0-9a-f]{32}\.obj")
+"""An adopted file's name while no reader may map it without asking."""
 POOL_FILES = 8
 """Dropped objects' files kept for reuse, at most."""
 POOL_BYTES = 1 << 30
@@ -93,7 +102,8 @@ class LocalTransfer:
         (self.dir / OWNER_FILE).write_text(str(os.getpid()))
         (self.dir / TOKEN_FILE).write_text(self.token)
         (self.dir / POOL_DIR).mkdir(mode=0o700)
-        self._files: dict[int, str] = {}  # id(adopted buffer) -> its file's name
+        self._files: dict[int, str] = {}  # id(adopted buffer) -> its file's name now
+        self._lock = threading.RLock()  # a finalizer may run while it is held
         self._closed = False
 
     def adopt(self, name: str) -> pa.Buffer:
@@ -127,12 +137,38 @@ class LocalTransfer:
         except ValueError as exc:
             owned.unlink(missing_ok=True)
             raise InvalidArgument(f"transfer file {name!r}: {exc}") from None
-        self._files[id(buffer)] = owned.name
-        weakref.finalize(buffer, self._forget, id(buffer), owned)
+        with self._lock:
+            self._files[id(buffer)] = owned.name
+        weakref.finalize(buffer, self._forget, id(buffer))
         return buffer
 
-    def _forget(self, ident: int, path: Path) -> None:
-        self._files.pop(ident, None)
+    # -- StoreWatcher: an adopted object's file carries its public name exactly
+    # while the object is its key's current one, unpatched (``object_file``).
+
+    def stored(self, obj: CacheObject) -> None:
+        self._rename(obj.base, object_file(str(obj.key), obj.base_version))
+
+    def dropped(self, obj: CacheObject) -> None:
+        self._rename(obj.base, f"{secrets.token_hex(16)}.obj", only_public=True)
+
+    def _rename(self, base: object, name: str, only_public: bool = False) -> None:
+        with self._lock:
+            current = self._files.get(id(base))
+            if current is None or (only_public and _PRIVATE_NAME.fullmatch(current)):
+                return
+            try:
+                os.replace(self.dir / current, self.dir / name)
+            except OSError as exc:  # the directory went away (closing): nothing to name
+                log.debug("cannot rename transfer file %s: %s", current, exc)
+                return
+            self._files[id(base)] = name
+
+    def _forget(self, ident: int) -> None:
+        with self._lock:
+            name = self._files.pop(ident, None)
+        if name is None:
+            return
+        path = self.dir / name
         if not self._recycle(path):
             path.unlink(missing_ok=True)
 
@@ -156,7 +192,8 @@ class LocalTransfer:
 
     def file_of(self, buffer: object) -> str | None:
         """The name of the file behind an adopted buffer, or None."""
-        return self._files.get(id(buffer))
+        with self._lock:
+            return self._files.get(id(buffer))
 
     def close(self) -> None:
         if not self._closed:

@@ -398,14 +398,15 @@ class CacheServer:
         if self._server is not None:
             raise RuntimeError("the cache server is already running")
         disk = DiskStorage(self.storage) if self.storage is not None else None
-        store = ObjectStore(
-            max_memory=self.max_memory,
-            max_objects=self.max_objects,
-            eviction=self.eviction,
-            disk=disk,
-        )
         local = LocalTransfer(default_parent()) if self.local_transfer else None
         try:
+            store = ObjectStore(
+                max_memory=self.max_memory,
+                max_objects=self.max_objects,
+                eviction=self.eviction,
+                disk=disk,
+                watcher=local,
+            )
             self._server = CacheFlightServer(
                 store, self.host, self._requested_port, self._tls, self.compression, local
             )
@@ -429,6 +430,13 @@ class CacheServer:
         if self._server is None:
             raise RuntimeError("the cache server is not running")
         return int(self._server.port)
+
+    @property
+    def flight_server(self) -> CacheFlightServer:
+        """The running Flight server (the servicer), e.g. to call it in-process."""
+        if self._server is None:
+            raise RuntimeError("the cache server is not running")
+        return self._server
 
     @property
     def local_dir(self) -> str | None:

@@ -184,6 +184,18 @@ class DiskBackend(Protocol):
     def delete(self, key: ObjectKey) -> None: ...
 
 
+class StoreWatcher(Protocol):
+    """Told, under the store's lock, when an object becomes or stops being the one
+    a key holds as it is (``_cache_local`` names adopted files after them)."""
+
+    def stored(self, obj: CacheObject) -> None:
+        """``obj`` is now the object at its key, with no patches."""
+
+    def dropped(self, obj: CacheObject) -> None:
+        """``obj`` is no longer the object at its key as it was stored: replaced,
+        deleted, evicted or patched.  May be told more than once."""
+
+
 class ObjectStore:
     """Objects by full key, with versions (§7), the GET rules (§4.3) and an LRU (§8).
 
@@ -202,6 +214,7 @@ class ObjectStore:
         max_objects: int | None = None,
         eviction: EvictionPolicy = "lru",
         disk: DiskBackend | None = None,
+        watcher: StoreWatcher | None = None,
     ) -> None:
         if max_memory <= 0:
             raise ValueError(f"max_memory must be positive, got {max_memory}")
@@ -213,6 +226,7 @@ class ObjectStore:
         self.max_objects = max_objects
         self.eviction = eviction
         self.disk = disk
+        self.watcher = watcher
         self._objects: OrderedDict[str, CacheObject] = OrderedDict()
         self._used = 0
         self._lock = threading.Lock()
@@ -250,6 +264,8 @@ class ObjectStore:
             if self.disk is not None:
                 self.disk.write_base(obj)
             self._insert(obj)
+            if self.watcher is not None and self._objects.get(str(key)) is obj:
+                self.watcher.stored(obj)
             log.debug("put %s version %d (%d bytes)", key, version, obj.size)
             return str(key), version
 
@@ -264,6 +280,8 @@ class ObjectStore:
             if self.disk is not None:
                 self.disk.write_patch(key, len(obj.patches), patch)
             obj.patches.append(patch)
+            if self.watcher is not None:
+                self.watcher.dropped(obj)  # no longer its base alone
             self._used += len(data)
             self._evict()
             log.debug("patch %s version %d (%d bytes)", key, patch.version, len(data))
@@ -315,7 +333,7 @@ class ObjectStore:
                 prefix = f"{key.app}/" if key.session == WILDCARD else f"{key}/"
                 doomed = [k for k in self._objects if k.startswith(prefix)]
             for name in doomed:
-                self._used -= self._objects.pop(name).size
+                self._forget(self._objects.pop(name))
             if self.disk is not None:
                 self.disk.delete(key)
             log.debug("delete %s: %d object(s) in memory", key, len(doomed))
@@ -350,10 +368,16 @@ class ObjectStore:
         name = str(obj.key)
         old = self._objects.pop(name, None)
         if old is not None:
-            self._used -= old.size
+            self._forget(old)
         self._objects[name] = obj
         self._used += obj.size
         self._evict()
+
+    def _forget(self, obj: CacheObject) -> None:
+        """Account for ``obj`` having left memory."""
+        self._used -= obj.size
+        if self.watcher is not None:
+            self.watcher.dropped(obj)
 
     def _evict(self) -> None:
         if self.eviction == "none":
@@ -363,6 +387,6 @@ class ObjectStore:
             or (self.max_objects is not None and len(self._objects) > self.max_objects)
         ):
             name, obj = self._objects.popitem(last=False)
-            self._used -= obj.size
+            self._forget(obj)
             fate = "kept on disk" if self.disk is not None else "lost, no storage"
             log.info("evicted %s (%d bytes, %s)", name, obj.size, fate)

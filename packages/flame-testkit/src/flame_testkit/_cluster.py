@@ -33,6 +33,7 @@ from flame_testkit._launch import group_alive
 from flame_testkit._server import DEFAULT_HOST, FrontendServer
 from flame_testkit._servicer import FrontendOptions, FrontendServicer
 from flame_testkit._state import DEFAULT_RETRY_LIMIT, ClusterState
+from flamepy import _cache_inproc as cache_inproc
 from flamepy import _inproc as inproc
 from flamepy.proto import types_pb2
 
@@ -148,6 +149,8 @@ class LocalCluster:
             with concurrent.futures.ThreadPoolExecutor(1, "flame-cache-start") as pool:
                 await asyncio.get_running_loop().run_in_executor(pool, self.cache.start)
             self.cache_endpoint = self.cache.endpoint
+            if self.config.in_process:
+                cache_inproc.register(self.cache.endpoint, self.cache.flight_server)
         executors: list[ExecutorManager] = []
         servicer = FrontendServicer(
             self.state,
@@ -193,6 +196,8 @@ class LocalCluster:
                     inproc.unregister(self.server.endpoint)
                 await self.server.stop()
             if self.cache is not None:
+                if self.config.in_process:
+                    cache_inproc.unregister(self.cache.endpoint)
                 self.cache.stop()  # brief; blocking the loop here is fine
                 self.cache = None
             shutil.rmtree(self.socket_dir, ignore_errors=True)

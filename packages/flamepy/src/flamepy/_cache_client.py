@@ -21,7 +21,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from flamepy import _bson
+from flamepy import _bson, _cache_inproc
 from flamepy._cache_codec import (
     UPLOAD_SCHEMA,
     Native,
@@ -36,7 +36,13 @@ from flamepy._cache_codec import (
     native_version,
     uint64_array,
 )
-from flamepy._cache_local import LOCAL_MIN_BYTES, TransferDir, direct_size, is_loopback
+from flamepy._cache_local import (
+    LOCAL_MIN_BYTES,
+    TransferDir,
+    direct_size,
+    is_loopback,
+    object_file,
+)
 from flamepy._cache_maps import WRITER_MAPS
 from flamepy._errors import (
     ConfigError,
@@ -91,15 +97,23 @@ class _LocalCache:
                 self._entries.move_to_end(key)
             return entry
 
+    def holds(self, nbytes: int) -> bool:
+        """Whether an entry of ``nbytes`` would be kept (a bigger one is not)."""
+        return nbytes * _ENTRY_LIMIT_FRACTION <= self.max_bytes
+
     def put(self, key: str, entry: _Entry) -> None:
         with self._lock:
             self._drop(key)
-            if entry.nbytes * _ENTRY_LIMIT_FRACTION > self.max_bytes:
+            if not self.holds(entry.nbytes):
                 return
             self._entries[key] = entry
             self._size += entry.nbytes
             while self._size > self.max_bytes and self._entries:
                 self._drop(next(iter(self._entries)))
+
+    def discard(self, key: str) -> None:
+        with self._lock:
+            self._drop(key)
 
     def discard_prefix(self, prefix: str) -> None:
         with self._lock:
@@ -225,11 +239,7 @@ class CacheClient:
                 self._transfer_known = True
                 return None
             try:
-                results = list(
-                    self._client.do_action(
-                        flight.Action("LOCAL_DIR", b""), self._options(TRANSFER_PROBE_TIMEOUT)
-                    )
-                )
+                results = self._do_action(flight.Action("LOCAL_DIR", b""), TRANSFER_PROBE_TIMEOUT)
                 doc = _bson.decode(results[0].body.to_pybytes()) if results else {}
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
                 log.debug("%s offers no same-host transfers: %s", self.endpoint, exc)
@@ -242,6 +252,21 @@ class CacheClient:
             self._transfer_known = True
             return self._transfer
 
+    @property
+    def in_process(self) -> bool:
+        """Whether this endpoint's server runs in this process (``_cache_inproc``)."""
+        return _cache_inproc.lookup(self.location) is not None
+
+    def _do_action(
+        self, action: flight.Action, timeout: float | None = None
+    ) -> list[flight.Result]:
+        """``action``'s results: from the server itself when it runs in this
+        process (``_cache_inproc``), else over Flight."""
+        server = _cache_inproc.lookup(self.location)
+        if server is not None:
+            return list(server.do_action(None, action))
+        return list(self._client.do_action(action, self._options(timeout)))
+
     def _forget_transfer_dir(self) -> None:
         """The directory went away (the cache restarted): ask again next time."""
         with self._transfer_lock:
@@ -250,8 +275,7 @@ class CacheClient:
 
     def _action(self, kind: str, doc: dict[str, Any]) -> tuple[dict[str, Any], list[pa.Buffer]]:
         """One of the transfer actions: its BSON head and the further result bodies."""
-        results = self._client.do_action(flight.Action(kind, _bson.encode(doc)), self._options())
-        bodies = [r.body for r in results]
+        bodies = [r.body for r in self._do_action(flight.Action(kind, _bson.encode(doc)))]
         try:
             head = _bson.decode(bodies[0].to_pybytes())
         except Exception as exc:
@@ -289,8 +313,8 @@ class CacheClient:
         name = self._written(where, lambda: where.write_value(obj))
         if name is None:
             return None
-        mapped = where.map(name)  # our own copy, valid after the server renames the file
-        return self._remember(self._adopt(where, key, name), mapped)
+        # No copy for the local cache: a get of it maps the file (see get_entry).
+        return self._remember(self._adopt(where, key, name), None)
 
     def _remember(
         self, result: dict[str, Any], base: pa.Buffer | pa.Table | None
@@ -300,6 +324,8 @@ class CacheClient:
         ref = (str(result["endpoint"]), str(result["key"]), int(result["version"]))
         if base is not None:
             self.local.put(ref[1], _Entry(version=ref[2], base=base))
+        else:
+            self.local.discard(ref[1])  # an older version's copy is of no use now
         return ref
 
     def _get_file(
@@ -312,11 +338,32 @@ class CacheClient:
         if mode == "not_modified":
             return "not_modified"
         if mode == "inline" and isinstance(version, int) and len(rest) == 1:
-            return _Entry(version, rest[0])
+            entry = _Entry(version, rest[0])
+            self.local.put(key, entry)
+            return entry
         if mode == "file" and isinstance(version, int) and isinstance(head.get("file"), str):
             buffer = where.map(str(head["file"]))
-            return None if buffer is None else _Entry(version, buffer)
+            return None if buffer is None else self._mapped_entry(key, version, buffer)
         return None
+
+    def _mapped_entry(self, key: str, version: int, buffer: pa.Buffer) -> _Entry:
+        """An entry read from the object's file.  It is not kept in the local cache:
+        a kept mapping would pin the file, which then could not be reused once the
+        object is dropped (every later write would take fresh memory), and mapping
+        it again costs a fraction of a millisecond."""
+        self.local.discard(key)  # an older copy is of no use now
+        return _Entry(version, buffer)
+
+    def _get_named(
+        self, where: TransferDir, key: str, version: int, cached: _Entry | None
+    ) -> _Entry | None:
+        """The object from its file, found by the name it has while ``version`` is
+        current and unpatched; None when there is no such file (then ask)."""
+        name = object_file(key, version)
+        if cached is not None and cached.version == version and not cached.patches:
+            return cached if where.has(name) else None
+        buffer = where.map(name)
+        return None if buffer is None else self._mapped_entry(key, version, buffer)
 
     def _options(self, timeout: float | None = None) -> flight.FlightCallOptions:
         return flight.FlightCallOptions(timeout=timeout or self.timeout)
@@ -440,7 +487,7 @@ class CacheClient:
 
         def _delete() -> None:
             action = flight.Action("DELETE", key.encode())
-            results = list(self._client.do_action(action, self._options()))
+            results = self._do_action(action)
             if not results:
                 raise InternalError(f"delete_objects({key}): the object cache sent no reply")
 
@@ -470,7 +517,10 @@ class CacheClient:
             return False
         return True
 
-    def get_entry(self, key: str) -> _Entry:
+    def get_entry(self, key: str, version: int = 0) -> _Entry:
+        """The object at ``key``; ``version`` (an ObjectRef's, 0 for none) lets a
+        same-host reader map the object's file by name, without asking the server,
+        while that version is the current one (``_cache_local.object_file``)."""
         what = f"get_object({key})"
         cached = self.local.get(key)
         asked = cached.version if cached is not None else 0
@@ -478,11 +528,14 @@ class CacheClient:
         native = cached is not None and isinstance(cached.base, pa.Table)
         where = None if native else self.transfer_dir()
         if where is not None:
+            if version > 0:
+                direct = self._get_named(where, key, version, cached)
+                if direct is not None:
+                    return direct
             found = self._call(what, lambda: self._get_file(where, key, asked))
             if found == "not_modified" and cached is not None:
                 return cached
             if isinstance(found, _Entry):
-                self.local.put(key, found)
                 return found
         schema, batches = self._call(what, lambda: self._fetch(key, asked))
         if is_native_schema(schema):
@@ -521,9 +574,15 @@ class CacheClient:
         self.local.put(key, entry)
         return entry
 
-    def get(self, key: str, deserializer: Callable[[Any, list[Any]], Any] | None = None) -> Any:
+    def get(
+        self,
+        key: str,
+        deserializer: Callable[[Any, list[Any]], Any] | None = None,
+        version: int = 0,
+    ) -> Any:
+        """The object at ``key`` (``version``: see :meth:`get_entry`)."""
         validate_key(key, parts=(3,), what="object key")
-        entry = self.get_entry(key)
+        entry = self.get_entry(key, version)
         if isinstance(entry.base, pa.Table):
             return decode_native(entry.base)
         base = decode_opaque(entry.base)
