@@ -248,7 +248,8 @@ class RunpyService(FlameService):
         refs = find(kwargs, ObjectRef, find(args, ObjectRef))
         if not refs:
             return args, kwargs
-        values = list(self._pool.map(get_object, refs))
+        # Several are fetched at once; one is fetched here (no hop to a thread).
+        values = [get_object(refs[0])] if len(refs) == 1 else list(self._pool.map(get_object, refs))
         fetched = {id(r): v for r, v in zip(refs, values, strict=True)}
         return replace(args, ObjectRef, fetched), replace(kwargs, ObjectRef, fetched)
 
