@@ -264,7 +264,7 @@ class ObjectStore:
             if self.disk is not None:
                 self.disk.write_base(obj)
             self._insert(obj)
-            if self.watcher is not None and self._objects.get(str(key)) is obj:
+            if self.watcher is not None:  # the newest object always stays (_evict)
                 self.watcher.stored(obj)
             log.debug("put %s version %d (%d bytes)", key, version, obj.size)
             return str(key), version

@@ -97,14 +97,10 @@ class _LocalCache:
                 self._entries.move_to_end(key)
             return entry
 
-    def holds(self, nbytes: int) -> bool:
-        """Whether an entry of ``nbytes`` would be kept (a bigger one is not)."""
-        return nbytes * _ENTRY_LIMIT_FRACTION <= self.max_bytes
-
     def put(self, key: str, entry: _Entry) -> None:
         with self._lock:
             self._drop(key)
-            if not self.holds(entry.nbytes):
+            if entry.nbytes * _ENTRY_LIMIT_FRACTION > self.max_bytes:
                 return
             self._entries[key] = entry
             self._size += entry.nbytes

@@ -160,7 +160,7 @@ async def download_object_async(ref: ObjectRef, dest_path: str) -> None:
 
 async def delete_objects_async(key_prefix: str) -> None:
     client = _default_client()
-    if client.in_process and key_prefix.count("/") == 2 and not key_prefix.endswith("/*"):
+    if client.in_process and key_prefix.count("/") == 2:
         # One object in this process's own cache: a few file renames, done at once.
         # No thread hop, and the file is back in the pool before the caller goes on
         # (the Runner deletes a call's staged arguments as its result comes in).
