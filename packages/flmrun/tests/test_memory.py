@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -72,3 +73,42 @@ def test_a_bad_bound_stops_the_instance_with_a_clear_error(
     inst = spawn(*TESTAPP, env={**base_env, "FLMRUN_HEAP_KEEP": "-5"})
     assert inst.wait_exit() == 2
     assert "cannot be negative" in inst.stderr()
+
+
+# The instance applies its policy at start; a large value decoded later (a bytes
+# argument fetched from the cache) must not make flamepy apply FLAME_HEAP_KEEP over it.
+AFTER_START = """
+import pickle, resource
+import pyarrow as pa
+from flmrun._memory import apply_from_env
+applied = apply_from_env()
+from flamepy._cache_codec import MAGIC_PICKLE, decode_opaque
+cell = pa.py_buffer(MAGIC_PICKLE + pickle.dumps(b"x" * 100_000_000, protocol=5))
+for _ in range(3):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    value = decode_opaque(cell)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    del value
+print(applied)
+"""
+
+
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt"
+)
+@pytest.mark.parametrize(("instance", "client", "kept"), [("0", "", False), ("", "0", True)])
+def test_the_instance_policy_wins_over_flamepys_client_policy(
+    instance: str, client: str, kept: bool
+) -> None:
+    env = {**os.environ, "FLMRUN_HEAP_KEEP": instance, "FLAME_HEAP_KEEP": client}
+    run = subprocess.run(
+        [sys.executable, "-c", AFTER_START], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert run.returncode == 0, run.stderr
+    *faults, applied = run.stdout.split()
+    assert applied == str(kept)
+    pages = 100_000_000 // 4096
+    if kept:
+        assert int(faults[1]) < pages // 20 and int(faults[2]) < pages // 20
+    else:  # each value is new memory (fewer faults where huge pages are used)
+        assert min(int(n) for n in faults) > pages // 1000

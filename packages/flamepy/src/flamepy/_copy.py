@@ -9,13 +9,28 @@ calls without the GIL) take about 60 % of the time one thread takes.
 The new object is made the way C code makes one it fills itself
 (``PyBytes_FromStringAndSize(NULL, n)``, then its buffer is written before any
 Python code can see it), so no zero-filled copy is made first.
+
+Before the copy, the new buffer is offered transparent huge pages
+(``madvise(MADV_HUGEPAGE)``; Linux's default THP mode, ``madvise``, uses them
+only where asked), so the kernel faults it in 2 MiB at a time instead of 4 KiB:
+100 MB into fresh memory took 35-60 ms here with small pages, 12-15 ms with huge
+ones.  Where the advice is not available (another OS, THP off) the copy is the
+same, only slower.  Fresh pages the virtual machine's host has taken back still
+cost 120-200 ms per 100 MB either way, so before its first large copy the
+process starts keeping freed memory (:mod:`flamepy._memory`): the next large
+value then lands in pages it already has.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import ctypes
+import ctypes.util
+import sys
 import threading
+from collections.abc import Callable
+
+from flamepy._memory import keep_for_large_values
 
 PARALLEL_MIN = 8 * 1024 * 1024
 """Payloads at least this big are copied by two threads."""
@@ -28,6 +43,36 @@ _new_bytes.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
 _bytes_address = _api.PyBytes_AsString
 _bytes_address.restype = ctypes.c_void_p
 _bytes_address.argtypes = [ctypes.py_object]
+
+_MADV_HUGEPAGE = 14  # Linux
+
+
+def _madvise() -> Callable[[int, int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        advise = libc.madvise
+    except (OSError, AttributeError):
+        return None
+    advise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    advise.restype = ctypes.c_int
+    return advise
+
+
+_advise = _madvise()
+
+
+def advise_huge_pages(address: int, size: int) -> bool:
+    """Ask for transparent huge pages over the whole pages of ``[address, address +
+    size)`` (memory nothing has touched yet, so the advice applies as it faults in);
+    whether the kernel took the advice."""
+    start = (address + _PAGE - 1) & ~(_PAGE - 1)
+    end = (address + size) & ~(_PAGE - 1)
+    if _advise is None or end <= start:
+        return False
+    return _advise(start, end - start, _MADV_HUGEPAGE) == 0
+
 
 _lock = threading.Lock()
 _helper: concurrent.futures.ThreadPoolExecutor | None = None
@@ -58,7 +103,12 @@ def copy_into(dst: int, src: int, size: int) -> None:
 def bytes_at(address: int, size: int) -> bytes:
     """A new ``bytes`` holding the ``size`` bytes at ``address`` (which the caller
     keeps alive and unchanged until this returns)."""
+    if size >= PARALLEL_MIN:
+        keep_for_large_values()  # before the allocation, so that it comes from the heap
     out: bytes = _new_bytes(None, size)
     if size:
-        copy_into(_bytes_address(out), address, size)
+        target = _bytes_address(out)
+        if size >= PARALLEL_MIN:
+            advise_huge_pages(target, size)
+        copy_into(target, address, size)
     return out

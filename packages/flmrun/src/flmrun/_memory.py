@@ -74,5 +74,15 @@ def keep_freed_memory(keep: int) -> bool:
 
 
 def apply_from_env() -> bool:
-    """:func:`keep_freed_memory` with the bound from the environment."""
-    return keep_freed_memory(heap_keep_from_env(os.environ.get(HEAP_KEEP_ENV)))
+    """:func:`keep_freed_memory` with the bound from the environment.
+
+    This module imports nothing of flamepy: importing the ``flamepy`` package
+    starts threads (gRPC, Arrow), and glibc fixes its arena limit when the first
+    thread arena is made, so ``M_ARENA_MAX`` must come first.  flamepy's own
+    client-side policy (``flamepy._memory``) is then told that the process has
+    chosen, so that it does not apply ``FLAME_HEAP_KEEP`` over this."""
+    applied = keep_freed_memory(heap_keep_from_env(os.environ.get(HEAP_KEEP_ENV)))
+    from flamepy._memory import policy_chosen
+
+    policy_chosen(applied)
+    return applied
