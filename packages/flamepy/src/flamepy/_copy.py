@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
-import ctypes.util
+import functools
 import sys
 import threading
 from collections.abc import Callable
 
-from flamepy._memory import keep_for_large_values
+from flamepy._memory import keep_for_large_values, libc
 
 PARALLEL_MIN = 8 * 1024 * 1024
 """Payloads at least this big are copied by two threads."""
@@ -47,20 +47,16 @@ _bytes_address.argtypes = [ctypes.py_object]
 _MADV_HUGEPAGE = 14  # Linux
 
 
+@functools.cache
 def _madvise() -> Callable[[int, int, int], int] | None:
     if not sys.platform.startswith("linux"):
         return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        advise = libc.madvise
-    except (OSError, AttributeError):
+    advise = getattr(libc(), "madvise", None)
+    if advise is None:
         return None
     advise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     advise.restype = ctypes.c_int
-    return advise
-
-
-_advise = _madvise()
+    return advise  # type: ignore[no-any-return]
 
 
 def advise_huge_pages(address: int, size: int) -> bool:
@@ -69,9 +65,10 @@ def advise_huge_pages(address: int, size: int) -> bool:
     whether the kernel took the advice."""
     start = (address + _PAGE - 1) & ~(_PAGE - 1)
     end = (address + size) & ~(_PAGE - 1)
-    if _advise is None or end <= start:
+    advise = _madvise()
+    if advise is None or end <= start:
         return False
-    return _advise(start, end - start, _MADV_HUGEPAGE) == 0
+    return advise(start, end - start, _MADV_HUGEPAGE) == 0
 
 
 _lock = threading.Lock()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import threading
@@ -75,13 +76,21 @@ def keep_freed_memory(keep: int) -> bool:
         return _applied
 
 
+@functools.cache
+def libc() -> ctypes.CDLL | None:
+    """The C library, loaded the first time something needs it (not at import:
+    ``find_library`` takes a few milliseconds); None where it cannot be loaded."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
 def _mallopt(keep: int) -> bool:
     if keep <= 0:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(libc(), "mallopt", None)
+    if mallopt is None:
         logger.debug("no mallopt here: freed memory is managed by the C library's defaults")
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
