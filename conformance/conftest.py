@@ -110,10 +110,16 @@ def peer_python(tmp_path_factory: pytest.TempPathFactory) -> str:
     return value
 
 
+PEER_HOST = "127.0.0.1"
+"""Flame's own SDK speaks neither Unix sockets nor tokens: the conformance clusters
+are served on loopback TCP without authentication (``host=PEER_HOST, no_auth=True``),
+the explicit ``flame-local up --host 127.0.0.1 --no-auth`` mode."""
+
+
 @pytest.fixture(scope="module")
 def cluster_config() -> LocalClusterConfig:
     """The local cluster's settings; a module may override this fixture."""
-    return LocalClusterConfig(delay_release=2)
+    return LocalClusterConfig(delay_release=2, host=PEER_HOST, no_auth=True)
 
 
 @contextlib.contextmanager

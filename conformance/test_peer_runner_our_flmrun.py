@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import PEER_DIR, ScenarioRunner, isolated_cluster, unique
+from conftest import PEER_DIR, PEER_HOST, ScenarioRunner, isolated_cluster, unique
 
 from flame_testkit import ClusterThread, LocalClusterConfig
 from flamepy.core.cache import ObjectRef
@@ -32,13 +32,13 @@ FAILED = 3
 
 @pytest.fixture(scope="module")
 def cluster_config() -> LocalClusterConfig:
-    return LocalClusterConfig(delay_release=2, capacity=1)
+    return LocalClusterConfig(delay_release=2, capacity=1, host=PEER_HOST, no_auth=True)
 
 
 @pytest.fixture(scope="module")
 def wide_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterThread]:
     """A cluster with room for two instances at once."""
-    config = LocalClusterConfig(delay_release=2, capacity=2)
+    config = LocalClusterConfig(delay_release=2, capacity=2, host=PEER_HOST, no_auth=True)
     with isolated_cluster(config, tmp_path_factory.mktemp("wide-home")) as thread:
         yield thread
 

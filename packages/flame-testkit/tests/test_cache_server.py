@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -727,6 +728,10 @@ def test_disk_layout_and_restart_restore_everything(tmp_path: Path) -> None:
     ]
     assert not (tmp_path / "app/ssn/replaced.deltas").exists()
     assert not (tmp_path / "app/gone").exists()
+    # owner-only: directories 0700, files 0600, the root included
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o700
+    for item in tmp_path.rglob("*"):
+        assert stat.S_IMODE(item.stat().st_mode) == (0o700 if item.is_dir() else 0o600), item
     with pa.OSFile(str(tmp_path / f"app/ssn/{object_id}.arrow")) as f:
         stored = pa.ipc.open_file(f).read_all()
     assert stored.schema == UPLOAD

@@ -148,6 +148,8 @@ def test_only_a_directory_holding_the_token_is_trusted(tmp_path: Path) -> None:
     assert TransferDir.verified(str(tmp_path), "right") == TransferDir(tmp_path)
     tmp_path.chmod(0o770)  # others could swap files in it
     assert TransferDir.verified(str(tmp_path), "right") is None
+    tmp_path.chmod(0o750)  # others could read the payloads in it
+    assert TransferDir.verified(str(tmp_path), "right") is None
     tmp_path.chmod(0o700)
     link = tmp_path.parent / f"{tmp_path.name}-link"
     link.symlink_to(tmp_path)
@@ -252,6 +254,10 @@ def test_stopping_the_server_removes_the_directory(monkeypatch: pytest.MonkeyPat
     assert directory is not None and Path(directory, "TOKEN").is_file()
     _use(srv, monkeypatch)
     cache.put_object("app/ssn", b"w" * BIG)
+    # owner-only: the directory 0700, everything in it 0600 or 0700
+    assert Path(directory).stat().st_mode & 0o777 == 0o700
+    for item in Path(directory).rglob("*"):
+        assert item.stat().st_mode & 0o077 == 0, item
     srv.stop()
     assert not Path(directory).exists()
 

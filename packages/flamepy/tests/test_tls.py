@@ -1,9 +1,13 @@
-"""``https://`` endpoints: a TLS channel trusting the configured CA file."""
+"""``https://`` endpoints: a TLS channel trusting the configured CA file.
+
+The cluster is a local one served on TCP with TLS, so it also requires its token:
+the tests set FLAME_ENDPOINT and FLAME_TOKEN_FILE as ``flame-local up`` prints them."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,8 +34,52 @@ def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:
 def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClusterThread, Path]]:
     directory = tmp_path_factory.mktemp("tls")
     cert, key = _self_signed(directory, "server")
-    with ClusterThread(LocalClusterConfig(tls_cert=cert, tls_key=key, default_apps=True)) as c:
+    config = LocalClusterConfig(host="127.0.0.1", tls_cert=cert, tls_key=key, default_apps=True)
+    with ClusterThread(config) as c:
         yield c, cert
+
+
+@pytest.fixture(autouse=True)
+def cluster_env(tls_cluster: tuple[ClusterThread, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster, _ = tls_cluster
+    for key, value in cluster.client_env({}).items():
+        if key != "FLAME_CA_FILE":  # each test names its CA file itself
+            monkeypatch.setenv(key, value)
+
+
+RUNNER = """
+import numpy as np
+from flamepy import Runner
+from flamepy.core import cache
+
+def total(a):
+    return float(a.sum())
+
+with Runner("tls") as rr:
+    print(rr.service(total)(np.ones(3_000_000)).get())
+    ref = cache.put_object("tlsapp/s1", b"x" * 10_000_000)
+    print(len(cache.get_object(ref)))
+"""
+
+
+def test_a_runner_works_over_tls_with_the_token(
+    tls_cluster: tuple[ClusterThread, Path], tmp_path: Path
+) -> None:
+    """Frontend (https), cache (grpc+tls) and package download, all with the token."""
+    cluster, _ = tls_cluster
+    assert cluster.cache_endpoint is not None
+    assert cluster.cache_endpoint.startswith("grpc+tls://127.0.0.1:")
+    (tmp_path / "main.py").write_text(RUNNER)
+    proc = subprocess.run(
+        [sys.executable, "main.py"],
+        cwd=tmp_path,
+        env=cluster.client_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["3000000.0", "10000000"]
 
 
 def test_https_with_ca_file_connects(tls_cluster: tuple[ClusterThread, Path]) -> None:

@@ -176,8 +176,11 @@ def test_good_archive_extracts(suffix: str, arc: Path, out: Path) -> None:
     assert (dest / "pkg/sub/deep/up.py").read_text() == "VALUE = 1\n"
     assert (dest / "alias/__init__.py").read_text() == "VALUE = 1\n"
     assert os.access(dest / "bin/tool", os.X_OK)
-    assert stat.S_IMODE((dest / "bin/tool").stat().st_mode) == 0o755
-    assert stat.S_IMODE((dest / "pkg/__init__.py").stat().st_mode) == 0o644
+    # owner-only: the executable bit survives, nothing for group or others
+    assert stat.S_IMODE((dest / "bin/tool").stat().st_mode) == 0o700
+    assert stat.S_IMODE((dest / "pkg/__init__.py").stat().st_mode) == 0o600
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o700
+    assert stat.S_IMODE((dest / "pkg/sub").stat().st_mode) == 0o700
     assert sorted(p.name for p in out.iterdir()) == ["app"]  # the temp dir was renamed
 
 
@@ -219,16 +222,16 @@ def test_setuid_setgid_sticky_bits_are_stripped(arc: Path, out: Path) -> None:
         ],
     )
     safe_extract(archive, out / "d")
-    assert stat.S_IMODE((out / "d/sticky").stat().st_mode) == 0o755
-    assert stat.S_IMODE((out / "d/sticky/suid").stat().st_mode) == 0o755
-    assert stat.S_IMODE((out / "d/sgid").stat().st_mode) == 0o755
-    assert stat.S_IMODE((out / "d/world").stat().st_mode) == 0o644
+    assert stat.S_IMODE((out / "d/sticky").stat().st_mode) == 0o700
+    assert stat.S_IMODE((out / "d/sticky/suid").stat().st_mode) == 0o700
+    assert stat.S_IMODE((out / "d/sgid").stat().st_mode) == 0o700
+    assert stat.S_IMODE((out / "d/world").stat().st_mode) == 0o600
 
 
 def test_zip_setuid_is_stripped(arc: Path, out: Path) -> None:
     archive = write_archive(arc / "s.zip", [Entry("suid", data=b"x", mode=0o6755)])
     safe_extract(archive, out / "d")
-    assert stat.S_IMODE((out / "d/suid").stat().st_mode) == 0o755
+    assert stat.S_IMODE((out / "d/suid").stat().st_mode) == 0o700
 
 
 # --------------------------------------------------------------------------- refusals

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 import uuid
 from pathlib import Path
 
@@ -83,12 +84,23 @@ def parse_storage_url(
 
 
 class DiskStorage:
-    """Arrow IPC files under ``root``; implements the store's ``DiskBackend``."""
+    """Arrow IPC files under ``root``; implements the store's ``DiskBackend``.
+
+    Owner-only: the root is made 0700 (another account's is refused), directories
+    under it are created 0700 and files 0600."""
 
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
         self.root = Path(root)
         self.fsync = fsync
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = self.root.stat()
+        if info.st_uid != os.geteuid():
+            raise ValueError(
+                f"cache storage {self.root} belongs to another account (uid {info.st_uid}); "
+                "name a directory of your own"
+            )
+        if stat.S_IMODE(info.st_mode) != 0o700:
+            os.chmod(self.root, 0o700)
 
     def base_path(self, key: ObjectKey) -> Path:
         return self.root / key.app / key.session / f"{key.object_id}{BASE_SUFFIX}"
@@ -251,7 +263,7 @@ def _write_table(
     path: Path, schema: pa.Schema, batches: tuple[pa.RecordBatch, ...], fsync: bool
 ) -> None:
     """Write an IPC file next to ``path`` under a temporary name, then rename it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _private_parents(path.parent)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
     try:
         try:
@@ -271,7 +283,18 @@ def _write_table(
         tmp.unlink(missing_ok=True)
 
 
+def _private_parents(directory: Path) -> None:
+    """``mkdir -p`` with each directory it creates made 0700."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for item in reversed(missing):
+        item.mkdir(mode=0o700, exist_ok=True)
+
+
 def _write_ipc_file(path: Path, schema: pa.Schema, batches: tuple[pa.RecordBatch, ...]) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600))
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
         for batch in batches:
             writer.write_batch(batch)

@@ -92,6 +92,12 @@ def default_parent() -> str | None:
     return None
 
 
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
 class LocalTransfer:
     """The transfer directory of one cache server."""
 
@@ -99,8 +105,8 @@ class LocalTransfer:
         sweep_orphans(Path(parent or tempfile.gettempdir()))
         self.dir = Path(tempfile.mkdtemp(prefix=DIR_PREFIX, dir=parent))  # mode 0700
         self.token = secrets.token_hex(16)
-        (self.dir / OWNER_FILE).write_text(str(os.getpid()))
-        (self.dir / TOKEN_FILE).write_text(self.token)
+        _write_private(self.dir / OWNER_FILE, str(os.getpid()))
+        _write_private(self.dir / TOKEN_FILE, self.token)
         (self.dir / POOL_DIR).mkdir(mode=0o700)
         self._files: dict[int, str] = {}  # id(adopted buffer) -> its file's name now
         self._lock = threading.RLock()  # a finalizer may run while it is held
@@ -121,6 +127,10 @@ class LocalTransfer:
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
             raise InvalidArgument(
                 f"transfer file {name!r} must be a regular file with no other links"
+            )
+        if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+            raise InvalidArgument(
+                f"transfer file {name!r} must be this account's and owner-only (0600)"
             )
         owned = self.dir / f"{secrets.token_hex(16)}.obj"
         try:

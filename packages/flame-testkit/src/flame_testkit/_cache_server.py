@@ -33,6 +33,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from flame_testkit._auth import CacheTokenCheck
 from flame_testkit._cache_disk import (
     DiskStorage,
     binary_chunks,
@@ -134,7 +135,9 @@ class CacheFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     """The Flight service (the "servicer") over an :class:`ObjectStore`.
 
     It serves as soon as it is constructed; ``endpoint`` is the advertised
-    ``grpc://host:port`` (``grpc+tls://`` with TLS) put in PutResults and FlightInfos.
+    ``grpc://host:port`` (``grpc+tls://`` with TLS, ``grpc+unix:///path`` on a Unix
+    socket) put in PutResults and FlightInfos.  With ``token``, every call must
+    carry it (``_auth.CacheTokenCheck``).
     """
 
     def __init__(
@@ -145,15 +148,26 @@ class CacheFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         tls: tuple[bytes, bytes] | None = None,
         compression: str | None = REPLY_COMPRESSION,
         local: LocalTransfer | None = None,
+        *,
+        unix_path: str | None = None,
+        token: str | None = None,
     ) -> None:
         self.store = store
         self.local = local
         self.max_opaque_bytes = MAX_OPAQUE_BYTES
         self.ipc_options = pa.ipc.IpcWriteOptions(compression=compression)
+        middleware = {"auth": CacheTokenCheck(token)} if token is not None else None
+        if unix_path is not None:
+            location = f"grpc+unix://{unix_path}"
+            super().__init__(location, middleware=middleware)
+            self.endpoint = location
+            return
         scheme = "grpc+tls" if tls is not None else "grpc"
         address = f"[{host}]" if ":" in host else host
         certificates = [flight.CertKeyPair(tls[0], tls[1])] if tls is not None else None
-        super().__init__(f"{scheme}://{address}:{port}", tls_certificates=certificates)
+        super().__init__(
+            f"{scheme}://{address}:{port}", tls_certificates=certificates, middleware=middleware
+        )
         self.endpoint = f"{scheme}://{address}:{self.port}"
 
     @_mapped
@@ -357,11 +371,13 @@ def _row(version: int, kind: str, data: Opaque) -> pa.RecordBatch:
 
 
 class CacheServer:
-    """A local object cache on ``host:port`` (port 0 picks a free one).
+    """A local object cache on ``host:port`` (port 0 picks a free one), or on the
+    Unix socket ``unix_path``.
 
     ``storage`` is ``None``/``"none"`` (memory only), a directory or an
     ``fs://``/``file://`` URL (§8); ``tls`` is ``(certificate chain PEM, private
-    key PEM)``.  The advertised endpoint uses the bind host.
+    key PEM)``; ``token``, when set, is required with every call.  The advertised
+    endpoint uses the bind host (or the socket path).
     """
 
     def __init__(
@@ -375,6 +391,9 @@ class CacheServer:
         eviction: EvictionPolicy = "lru",
         compression: str | None = REPLY_COMPRESSION,
         local_transfer: bool = False,
+        *,
+        unix_path: str | None = None,
+        token: str | None = None,
     ) -> None:
         """``compression``: of reply IPC bodies, ``"zstd"`` as Flame's cache does
         (flame-cache §3); None sends them plain, which every IPC reader accepts.
@@ -390,6 +409,8 @@ class CacheServer:
         self.max_objects = max_objects
         self.eviction: EvictionPolicy = eviction
         self._tls = tls
+        self._unix_path = unix_path
+        self._token = token
         self._server: CacheFlightServer | None = None
         self._store: ObjectStore | None = None
 
@@ -408,7 +429,14 @@ class CacheServer:
                 watcher=local,
             )
             self._server = CacheFlightServer(
-                store, self.host, self._requested_port, self._tls, self.compression, local
+                store,
+                self.host,
+                self._requested_port,
+                self._tls,
+                self.compression,
+                local,
+                unix_path=self._unix_path,
+                token=self._token,
             )
         except BaseException:
             if local is not None:

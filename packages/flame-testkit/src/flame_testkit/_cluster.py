@@ -3,6 +3,10 @@
 :class:`LocalCluster` is the asyncio object; :class:`ClusterThread` runs one on its
 own event loop in a daemon thread, for synchronous callers (the pytest plugin,
 the embedded default of flamepy, ``flame-local run``).
+
+A cluster is its owner's alone (``_auth``): by default the Frontend and the cache
+listen on Unix sockets in an owner-only runtime directory; on TCP (``host`` or
+``port`` set) every request must carry a token, unless ``no_auth`` says otherwise.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -19,8 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from flame_testkit._auth import (
+    TOKEN_FILE_NAME,
+    new_token,
+    owner_only_dir,
+    runtime_dir,
+    write_token_file,
+)
 from flame_testkit._cache_server import REPLY_COMPRESSION, CacheServer
 from flame_testkit._cache_store import DEFAULT_MAX_MEMORY
+from flame_testkit._errors import ClusterConfigError
 from flame_testkit._executor import (
     DEFAULT_CAPACITY,
     DEFAULT_KILL_GRACE,
@@ -35,6 +48,13 @@ from flame_testkit._servicer import FrontendOptions, FrontendServicer
 from flame_testkit._state import DEFAULT_RETRY_LIMIT, ClusterState
 from flamepy import _cache_inproc as cache_inproc
 from flamepy import _inproc as inproc
+from flamepy._config import (
+    FLAME_CA_FILE,
+    FLAME_CACHE_ENDPOINT,
+    FLAME_ENDPOINT,
+    FLAME_TOKEN,
+    FLAME_TOKEN_FILE,
+)
 from flamepy.proto import types_pb2
 
 log = logging.getLogger("flame_testkit.cluster")
@@ -49,11 +69,16 @@ STOP_TIMEOUT = 60.0
 
 @dataclass(frozen=True)
 class LocalClusterConfig:
-    host: str = DEFAULT_HOST
+    host: str | None = None
+    """The TCP address to serve on; None (with ``port`` 0) serves on Unix sockets in
+    an owner-only runtime directory, the default."""
     port: int = 0
+    """The Frontend's TCP port (0: a free one); a non-zero port alone means TCP on
+    127.0.0.1."""
     capacity: int = DEFAULT_CAPACITY
     work_dir: Path | None = None
-    """Where instances run and logs go; a temporary directory when None."""
+    """Where instances run and logs go (made 0700; another account's is refused); a
+    new temporary directory when None."""
     retry_limit: int = DEFAULT_RETRY_LIMIT
     watch_events: bool = False
     default_apps: bool = True
@@ -72,14 +97,50 @@ class LocalClusterConfig:
     cache_local_transfer: bool = False
     """Let clients on this host hand payloads over as files on /dev/shm."""
     tls_cert: Path | None = None
-    """PEM certificate chain: serve the Frontend over TLS (``https://``) with ``tls_key``."""
+    """PEM certificate chain: serve the Frontend (``https://``) and the cache
+    (``grpc+tls://``) over TLS with ``tls_key``; TCP only."""
     tls_key: Path | None = None
+    tls_ca: Path | None = None
+    """The CA bundle instances trust (FLAME_CA_FILE); ``tls_cert`` when None."""
+    token: str | None = None
+    """TCP only: the access token every request must carry; a new random one when
+    None (see :attr:`LocalCluster.token_file`)."""
+    no_auth: bool = False
+    """TCP only: accept requests without a token.  Anyone who can reach the port can
+    then run commands as this account: only for a peer that cannot send one."""
     in_process: bool = False
     """Also serve flamepy connections made in this process directly, without gRPC
     (the embedded default does; tests keep to real sockets)."""
     task_stream: bool = DEFAULT_TASK_STREAM
     """Offer instances flmrun's task stream for their tasks (``flmrun._stream``);
     False keeps every Instance call on gRPC."""
+
+    def __post_init__(self) -> None:
+        if self.tcp:
+            if self.no_auth and self.token is not None:
+                raise ClusterConfigError("give either a token or no_auth=True, not both")
+            if (self.tls_cert is None) != (self.tls_key is None):
+                raise ClusterConfigError("TLS needs both a certificate and its key")
+            return
+        for name in ("token", "tls_cert", "tls_key"):
+            if getattr(self, name) is not None:
+                raise ClusterConfigError(
+                    f"{name} applies to a cluster served on TCP: set host (and port) too; "
+                    "the default Unix sockets are owner-only without it"
+                )
+        if self.no_auth:
+            raise ClusterConfigError(
+                "no_auth applies to a cluster served on TCP: set host (and port) too"
+            )
+
+    @property
+    def tcp(self) -> bool:
+        """Whether the cluster is served on TCP rather than on Unix sockets."""
+        return self.host is not None or self.port != 0
+
+    @property
+    def bind_host(self) -> str:
+        return self.host if self.host is not None else DEFAULT_HOST
 
 
 def default_applications(config: LocalClusterConfig) -> dict[str, types_pb2.ApplicationSpec]:
@@ -101,12 +162,6 @@ def default_applications(config: LocalClusterConfig) -> dict[str, types_pb2.Appl
     return {FLMRUN_APP: flmrun, TEST_APP: test}
 
 
-def _short_socket_dir() -> Path:
-    # Unix socket paths are limited to ~107 bytes: keep them under /tmp.
-    base = "/tmp" if Path("/tmp").is_dir() else None
-    return Path(tempfile.mkdtemp(prefix="flms-", dir=base))
-
-
 class LocalCluster:
     """Frontend + executor manager on the running event loop."""
 
@@ -114,12 +169,50 @@ class LocalCluster:
         self.config = config or LocalClusterConfig()
         self.state = ClusterState(retry_limit=self.config.retry_limit)
         self._own_work_dir = self.config.work_dir is None
-        self.work_dir = self.config.work_dir or Path(tempfile.mkdtemp(prefix="flame-local-"))
-        self.socket_dir = _short_socket_dir()
+        if self.config.work_dir is not None:
+            self.work_dir = owner_only_dir(self.config.work_dir, "work directory")
+        else:
+            self.work_dir = Path(tempfile.mkdtemp(prefix="flame-local-"))  # 0700
+        self.socket_dir = runtime_dir()
         self.executor_manager: ExecutorManager | None = None
         self.server: FrontendServer | None = None
         self.cache_endpoint: str | None = None
         self.cache: CacheServer | None = None
+        self.token: str | None = None
+        """The access token of a TCP cluster (None on Unix sockets or with no_auth)."""
+        self.token_file: Path | None = None
+        """The 0600 file holding :attr:`token`."""
+        if self.config.tcp and not self.config.no_auth:
+            self.token = self.config.token or new_token()
+            self.token_file = write_token_file(self.socket_dir / TOKEN_FILE_NAME, self.token)
+
+    @staticmethod
+    def check_work_dir(config: LocalClusterConfig) -> None:
+        """Refuse (:class:`ClusterConfigError`) a work dir that is not this account's."""
+        if config.work_dir is not None:
+            owner_only_dir(config.work_dir, "work directory")
+
+    @property
+    def ca_file(self) -> str | None:
+        """The CA bundle a client of this TLS cluster trusts (None without TLS)."""
+        if self.config.tls_cert is None:
+            return None
+        return str(self.config.tls_ca or self.config.tls_cert)
+
+    def client_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """``base`` (default: this process's environment) set up to reach this cluster:
+        its endpoints, its token file and CA, and no token meant for another one."""
+        env = dict(os.environ if base is None else base)
+        env[FLAME_ENDPOINT] = self.endpoint
+        if self.cache_endpoint:
+            env[FLAME_CACHE_ENDPOINT] = self.cache_endpoint
+        env.pop(FLAME_TOKEN, None)
+        env.pop(FLAME_TOKEN_FILE, None)
+        if self.token_file is not None:
+            env[FLAME_TOKEN_FILE] = str(self.token_file)
+        if self.ca_file is not None:
+            env[FLAME_CA_FILE] = self.ca_file
+        return env
 
     @property
     def endpoint(self) -> str:
@@ -135,14 +228,21 @@ class LocalCluster:
         if self.config.default_apps:
             for name, spec in default_applications(self.config).items():
                 self.state.register_application(name, spec)
+        tls = None
+        if self.config.tls_cert is not None and self.config.tls_key is not None:
+            tls = (self.config.tls_cert.read_bytes(), self.config.tls_key.read_bytes())
+        tcp = self.config.tcp
         if self.config.cache:
             self.cache = CacheServer(
-                host=self.config.host,
+                host=self.config.bind_host,
                 port=0,
                 storage=self.config.cache_storage,
                 max_memory=self.config.cache_max_memory or DEFAULT_MAX_MEMORY,
+                tls=tls,
                 compression=self.config.cache_compression,
                 local_transfer=self.config.cache_local_transfer,
+                unix_path=None if tcp else str(self.socket_dir / "cache.sock"),
+                token=self.token,
             )
             # Its own thread, not the default pool: on the embedded cluster that pool is
             # shared with flamepy, whose threads may be waiting for this very start.
@@ -158,10 +258,14 @@ class LocalCluster:
             executors=lambda: executors[0].executor_protos() if executors else [],
             nodes=lambda: executors[0].node_protos() if executors else [],
         )
-        tls = None
-        if self.config.tls_cert is not None and self.config.tls_key is not None:
-            tls = (self.config.tls_cert.read_bytes(), self.config.tls_key.read_bytes())
-        self.server = FrontendServer(servicer, self.config.host, self.config.port, tls)
+        self.server = FrontendServer(
+            servicer,
+            self.config.bind_host,
+            self.config.port,
+            tls,
+            unix_path=None if tcp else str(self.socket_dir / "frontend.sock"),
+            token=self.token,
+        )
         await self.server.start()
         if self.config.in_process:
             inproc.register(self.server.endpoint, servicer, asyncio.get_running_loop())
@@ -172,6 +276,8 @@ class LocalCluster:
                 socket_dir=self.socket_dir,
                 frontend_endpoint=self.server.endpoint,
                 cache_endpoint=self.cache_endpoint,
+                ca_file=self.ca_file,
+                token_file=str(self.token_file) if self.token_file is not None else None,
                 capacity=self.config.capacity,
                 kill_grace=self.config.kill_grace,
                 socket_timeout=self.config.socket_timeout,
@@ -288,6 +394,17 @@ class ClusterThread:
     @property
     def cache_endpoint(self) -> str | None:
         return self.cluster.cache_endpoint
+
+    @property
+    def token(self) -> str | None:
+        return self.cluster.token
+
+    @property
+    def token_file(self) -> Path | None:
+        return self.cluster.token_file
+
+    def client_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        return self.cluster.client_env(base)
 
     def leftover_processes(self) -> list[int]:
         return self.cluster.leftover_processes()

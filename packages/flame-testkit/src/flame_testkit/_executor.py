@@ -78,6 +78,8 @@ class ExecutorManagerConfig:
     """Offer instances flmrun's task stream for their tasks (gRPC stays for the rest)."""
     log_level: str = "info"
     environ: Mapping[str, str] | None = None
+    token_file: str | None = None
+    """The cluster's access token file (TCP clusters), passed on to instances."""
 
 
 class Waker:
@@ -156,15 +158,19 @@ class ExecutorManager:
         self._wake_pending = False
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
-        self.installer = AppInstaller(config.work_dir / "installs", cache_ca_file=config.ca_file)
+        self.installer = AppInstaller(
+            config.work_dir / "installs",
+            cache_ca_file=config.ca_file,
+            cache_token_file=config.token_file,
+        )
         state.subscribe(self._on_change)
 
     # -- control --------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.config.work_dir.mkdir(parents=True, exist_ok=True)
-        self.config.socket_dir.mkdir(parents=True, exist_ok=True)
-        (self.config.work_dir / "logs").mkdir(exist_ok=True)
+        for path in (self.config.work_dir, self.config.socket_dir):
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (self.config.work_dir / "logs").mkdir(mode=0o700, exist_ok=True)
         self._loop_task = asyncio.create_task(self._schedule_loop(), name="flame-scheduler")
 
     async def stop(self) -> None:
@@ -338,6 +344,7 @@ class ExecutorManager:
             log_level=cfg.log_level,
             app_dir=ex.dirs.app_dir,
             installer_env=installed,
+            token_file=cfg.token_file,
         )
         env.pop(STREAM_ENV, None)  # never an offer inherited from our own environment
         if offer_stream:

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
+from flamepy._auth import read_token_file
 from flamepy.proto import types_pb2
 from flmrun._errors import InstallError
 from flmrun._fetch import CACHE_DEFAULT_PORT, HTTP_TIMEOUT, download, extract_once, file_name
@@ -64,14 +65,21 @@ class AppInstaller:
     """Downloads, extracts and installs application packages under ``root``.
 
     ``cache_ca_file`` is the PEM bundle trusted for ``grpcs://`` package URLs (system roots
-    when ``None``); ``python`` is the interpreter python packages are installed for.
+    when ``None``); ``cache_token_file`` holds the access token of the cluster's cache
+    (TCP clusters); ``python`` is the interpreter python packages are installed for.
     """
 
     def __init__(
-        self, root: Path, *, cache_ca_file: str | None = None, python: str = sys.executable
+        self,
+        root: Path,
+        *,
+        cache_ca_file: str | None = None,
+        cache_token_file: str | None = None,
+        python: str = sys.executable,
     ) -> None:
         self.root = Path(root)
         self.cache_ca_file = cache_ca_file
+        self.cache_token_file = cache_token_file
         self.python = python
         self._digest_locks: dict[str, asyncio.Lock] = {}
         self._inflight: dict[tuple[Kind, str], asyncio.Future[dict[str, str]]] = {}
@@ -103,6 +111,11 @@ class AppInstaller:
             shared.add_done_callback(lambda done: self._finished(key, done))
         return dict(await asyncio.shield(shared))
 
+    def _cache_token(self) -> str | None:
+        if self.cache_token_file is None:
+            return None
+        return read_token_file(self.cache_token_file)
+
     def _finished(self, key: tuple[Kind, str], done: asyncio.Future[dict[str, str]]) -> None:
         if self._inflight.get(key) is done:
             del self._inflight[key]
@@ -115,7 +128,12 @@ class AppInstaller:
         partial = download_dir / f".{uuid.uuid4().hex}.{name}"  # keeps the archive suffix
         try:
             digest = await asyncio.to_thread(
-                download, app_name, url, partial, cache_ca_file=self.cache_ca_file
+                download,
+                app_name,
+                url,
+                partial,
+                cache_ca_file=self.cache_ca_file,
+                cache_token=self._cache_token(),
             )
             lock = self._digest_locks.setdefault(digest, asyncio.Lock())
             async with lock:

@@ -50,8 +50,12 @@ def instance_environment(
     log_level: str,
     app_dir: Path,
     installer_env: Mapping[str, str] | None = None,
+    token_file: str | None = None,
 ) -> dict[str, str]:
-    """The child's environment: ``base`` plus the contract's variables, in spec order."""
+    """The child's environment: ``base`` plus the contract's variables, in spec order.
+
+    ``token_file``: the cluster's access token file (``FLAME_TOKEN_FILE``); a token
+    meant for another cluster is never passed on."""
     env: dict[str, str] = {}
     for item in spec.environments:  # 1. application environments, expanded once
         env[item.name] = expand(item.value, base)
@@ -75,7 +79,12 @@ def instance_environment(
     tmp = str(app_dir / "tmp")
     for key in ("TMPDIR", "TEMP", "TMP"):  # 6.
         env.setdefault(key, tmp)
-    return {**base, **env}
+    merged = {**base, **env}
+    merged.pop("FLAME_TOKEN", None)
+    merged.pop("FLAME_TOKEN_FILE", None)
+    if token_file:
+        merged["FLAME_TOKEN_FILE"] = token_file
+    return merged
 
 
 @dataclass
@@ -93,13 +102,33 @@ class InstanceDirs:
         else:
             process_dir, keep = work_root / executor_id, False
         app_dir = process_dir / "work" / app_name
-        (app_dir / "tmp").mkdir(parents=True, exist_ok=True)
+        private_dirs(app_dir / "tmp", under=process_dir.parent)
         return cls(process_dir, app_dir, keep)
 
     def remove(self) -> None:
         shutil.rmtree(self.app_dir, ignore_errors=True)
         if not self.keep_process_dir:
             shutil.rmtree(self.process_dir, ignore_errors=True)
+
+
+def private_dirs(path: Path, under: Path) -> None:
+    """``mkdir -p path`` with every directory it creates below ``under`` made 0700."""
+    missing: list[Path] = []
+    node = path
+    while node != under and not node.exists():
+        missing.append(node)
+        node = node.parent
+    if node != under and not node.exists():  # pragma: no cover - ``under`` is gone
+        raise FileNotFoundError(under)
+    for item in reversed(missing):
+        item.mkdir(mode=0o700, exist_ok=True)
+
+
+def private_file(path: Path) -> int:
+    """Open ``path`` for writing, created (or truncated) owner-only: 0600."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
 
 
 def _die_with_parent() -> None:
@@ -119,7 +148,10 @@ def _die_with_parent() -> None:
 async def spawn(
     command: str, args: list[str], *, cwd: Path, env: Mapping[str, str], stdout: Path, stderr: Path
 ) -> asyncio.subprocess.Process:
-    """Start the instance in a new process group with output captured to files."""
+    """Start the instance in a new process group with output captured to files.
+
+    Its umask is 077: what an instance writes (packages, payloads, logs) is its
+    owner's alone."""
     preexec = None
     if sys.platform == "linux":
         setpriv = shutil.which("setpriv")
@@ -127,7 +159,7 @@ async def spawn(
             command, args = setpriv, ["--pdeathsig", "KILL", "--", command, *args]
         else:
             preexec = _die_with_parent
-    with open(stdout, "wb") as out, open(stderr, "wb") as err:  # noqa: ASYNC230 - local
+    with open(private_file(stdout), "wb") as out, open(private_file(stderr), "wb") as err:  # noqa: ASYNC230
         return await asyncio.create_subprocess_exec(
             command,
             *args,
@@ -138,6 +170,7 @@ async def spawn(
             stderr=err,
             start_new_session=True,
             preexec_fn=preexec,
+            umask=0o077,
         )
 
 

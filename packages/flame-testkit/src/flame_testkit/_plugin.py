@@ -3,7 +3,11 @@
 * ``flame_cluster``: one local cluster for the test session; at teardown it fails
   if any instance process it launched is still alive.
 * ``flame_endpoint``: that cluster's Frontend URL.
-* ``flame_env``: sets FLAME_ENDPOINT (and FLAME_CACHE_ENDPOINT) for one test.
+* ``flame_env``: sets FLAME_ENDPOINT (and FLAME_CACHE_ENDPOINT, and the token file
+  of a TCP cluster) for one test.
+
+The cluster is owner-only: it serves on Unix sockets in a 0700 directory unless
+``flame_cluster_config`` asks for TCP, which then requires a token.
 * ``flame_connection``: a flamepy ``Connection`` to the cluster.
 """
 
@@ -50,9 +54,12 @@ def flame_endpoint(flame_cluster: ClusterThread) -> str:
 
 @pytest.fixture
 def flame_env(flame_cluster: ClusterThread, monkeypatch: pytest.MonkeyPatch) -> ClusterThread:
-    monkeypatch.setenv("FLAME_ENDPOINT", flame_cluster.endpoint)
-    if flame_cluster.cache_endpoint:
-        monkeypatch.setenv("FLAME_CACHE_ENDPOINT", flame_cluster.cache_endpoint)
+    wanted = flame_cluster.client_env({})
+    for key in ("FLAME_TOKEN", "FLAME_TOKEN_FILE", "FLAME_CA_FILE"):
+        if key not in wanted:
+            monkeypatch.delenv(key, raising=False)
+    for key, value in wanted.items():
+        monkeypatch.setenv(key, value)
     return flame_cluster
 
 

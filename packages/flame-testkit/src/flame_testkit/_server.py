@@ -1,4 +1,8 @@
-"""Start, stop and address of the local Frontend server (binds 127.0.0.1, port 0)."""
+"""Start, stop and address of the local Frontend server.
+
+It listens on a Unix socket (``unix_path``, owner-only by its directory) or on
+TCP (``host``, port 0 picks a free one), optionally with TLS and a required token.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import logging
 import grpc
 import grpc.aio
 
+from flame_testkit._auth import FrontendTokenCheck
 from flame_testkit._servicer import FrontendServicer
 from flamepy.proto import frontend_pb2_grpc
 
@@ -32,24 +37,43 @@ class FrontendServer:
         host: str = DEFAULT_HOST,
         port: int = 0,
         tls: tuple[bytes, bytes] | None = None,
+        *,
+        unix_path: str | None = None,
+        token: str | None = None,
     ) -> None:
-        """``tls`` is ``(certificate chain PEM, private key PEM)``; plaintext when None."""
+        """``tls`` is ``(certificate chain PEM, private key PEM)``; plaintext when None.
+        ``unix_path``: listen there instead of on TCP.  ``token``: refuse calls
+        without it (UNAUTHENTICATED)."""
         self.servicer = servicer
         self.host = host
         self._requested_port = port
         self._tls = tls
+        self._unix_path = unix_path
+        self._token = token
         self.port = 0
         self._server: grpc.aio.Server | None = None
 
     @property
     def endpoint(self) -> str:
+        if self._unix_path is not None:
+            return f"unix://{self._unix_path}"
         scheme = "https" if self._tls else "http"
-        return f"{scheme}://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
 
     async def start(self) -> None:
-        server = grpc.aio.server(options=SERVER_OPTIONS)
+        interceptors = [FrontendTokenCheck(self._token)] if self._token is not None else None
+        server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
         frontend_pb2_grpc.add_FrontendServicer_to_server(self.servicer, server)  # type: ignore[no-untyped-call]
-        address = f"{self.host}:{self._requested_port}"
+        if self._unix_path is not None:
+            if server.add_insecure_port(f"unix:{self._unix_path}") == 0:
+                raise OSError(f"cannot bind the Frontend server to {self._unix_path}")
+            await server.start()
+            self._server = server
+            log.debug("Frontend listening on %s", self.endpoint)
+            return
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        address = f"{host}:{self._requested_port}"
         if self._tls is not None:
             creds = grpc.ssl_server_credentials([(self._tls[1], self._tls[0])])
             self.port = server.add_secure_port(address, creds)

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from flamepy import _bson, _cache_inproc
+from flamepy._auth import flight_middleware, token_for
 from flamepy._cache_codec import (
     UPLOAD_SCHEMA,
     Native,
@@ -44,6 +45,7 @@ from flamepy._cache_local import (
     object_file,
 )
 from flamepy._cache_maps import WRITER_MAPS
+from flamepy._config import unix_socket_path
 from flamepy._errors import (
     ConfigError,
     ConnectionFailedError,
@@ -123,7 +125,8 @@ class _LocalCache:
 
 
 def flight_location(endpoint: str) -> str:
-    """``grpcs://`` becomes ``grpc+tls://``; a bare ``host:port`` is plaintext gRPC."""
+    """``grpcs://`` becomes ``grpc+tls://``; a bare ``host:port`` is plaintext gRPC;
+    ``grpc+unix:///path`` is a Unix socket."""
     if "://" not in endpoint:
         return f"grpc://{endpoint}"
     scheme, rest = endpoint.split("://", 1)
@@ -132,8 +135,11 @@ def flight_location(endpoint: str) -> str:
         return f"grpc+tls://{rest}"
     if scheme in ("grpc", "grpc+tcp", "grpc+tls"):
         return f"{scheme}://{rest}"
+    if scheme == "grpc+unix":
+        return f"grpc+unix://{unix_socket_path(endpoint)}"
     raise ConfigError(
-        f"unsupported object cache endpoint {endpoint!r}: use grpc://host:port or grpcs://host:port"
+        f"unsupported object cache endpoint {endpoint!r}: use grpc://host:port, "
+        "grpcs://host:port or grpc+unix:///path/to/socket"
     )
 
 
@@ -152,6 +158,11 @@ def map_error(exc: Exception, what: str, endpoint: str) -> FlameError:
         return ConnectionFailedError(
             f"{what}: the object cache at {endpoint} is unreachable or went away "
             f"({_server_message(exc)}); check FLAME_CACHE_ENDPOINT or cache.endpoint"
+        )
+    if isinstance(exc, (flight.FlightUnauthenticatedError, flight.FlightUnauthorizedError)):
+        return ConfigError(
+            f"{what}: the object cache at {endpoint} refused the request "
+            f"({_server_message(exc)}); set FLAME_TOKEN_FILE (or FLAME_TOKEN) to its token"
         )
     if isinstance(exc, flight.FlightTimedOutError):
         return FlameTimeoutError(message)
@@ -207,6 +218,7 @@ class CacheClient:
         self._client = flight.FlightClient(
             self.location,
             tls_root_certs=root,
+            middleware=flight_middleware(token_for(endpoint)),
             generic_options=[
                 ("grpc.max_receive_message_length", -1),
                 ("grpc.max_send_message_length", -1),

@@ -81,7 +81,7 @@ class TransferDir:
     @classmethod
     def verified(cls, directory: object, token: object) -> TransferDir | None:
         """The directory, if it holds ``token`` and is ours alone (owned by this
-        user, writable by no one else); else None."""
+        user, 0700: no one else may enter it); else None."""
         if not isinstance(directory, str) or not isinstance(token, str) or not token:
             return None
         path = Path(directory)
@@ -89,7 +89,7 @@ class TransferDir:
             info = path.lstat()
             if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
                 return None
-            if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
                 return None
             found = (path / TOKEN_FILE).read_text()
         except (OSError, ValueError):
@@ -364,7 +364,9 @@ def direct_size(obj: Any) -> int:
 
 
 def is_loopback(endpoint: str) -> bool:
-    """Whether the cache endpoint's host is this machine's loopback."""
+    """Whether the cache endpoint is on this machine: a Unix socket or a loopback host."""
+    if endpoint.lower().startswith("grpc+unix:"):
+        return True
     host = urlsplit(endpoint).hostname or ""
     if host == "localhost":
         return True

@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
+from flamepy._auth import channel_interceptors, token_for
 from flamepy._config import parse_endpoint
 from flamepy._errors import ConfigError, ConnectionFailedError
 
@@ -20,16 +21,22 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (("grpc.max_receive_message_lengt
 
 def _target(endpoint: str) -> tuple[str, bool]:
     scheme, host, port = parse_endpoint(endpoint)
+    if scheme == "unix":
+        return f"unix:{host}", False
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"{host}:{port}", scheme == "https"
 
 
 def open_channel(endpoint: str, ca_file: str | None = None) -> grpc.aio.Channel:
-    """Create (but do not wait on) an aio channel for ``endpoint``."""
+    """Create (but do not wait on) an aio channel for ``endpoint``.
+
+    ``unix:///path`` is a Unix socket; the configured access token, if any, goes with
+    every call to the configured endpoint (``flamepy._auth``)."""
     target, tls = _target(endpoint)
+    interceptors = channel_interceptors(token_for(endpoint))
     if not tls:
-        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)
     root = None
     if ca_file:
         path = Path(ca_file).expanduser()
@@ -41,7 +48,9 @@ def open_channel(endpoint: str, ca_file: str | None = None) -> grpc.aio.Channel:
                 "fix cluster.tls.ca_file in flame.yaml or FLAME_CA_FILE"
             ) from exc
     creds = grpc.ssl_channel_credentials(root_certificates=root)
-    return grpc.aio.secure_channel(target, creds, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(
+        target, creds, options=CHANNEL_OPTIONS, interceptors=interceptors
+    )
 
 
 HINT = "check that it is running and that FLAME_ENDPOINT or cluster.endpoint in flame.yaml names it"
@@ -72,5 +81,6 @@ async def wait_ready(channel: grpc.aio.Channel, endpoint: str, timeout: float) -
     if not ready:
         raise ConnectionFailedError(
             f"cannot connect to the Flame session manager at {endpoint}: the connection "
-            f"failed (nothing listening, or a TLS mismatch); {HINT}"
+            f"failed (nothing listening, a TLS mismatch, or a socket this account may not "
+            f"open); {HINT}"
         )

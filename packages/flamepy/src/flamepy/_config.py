@@ -15,6 +15,8 @@ and ``package.excludes`` is honoured whether or not ``package.storage`` is set.
 The file is ``~/.flame/flame.yaml`` unless ``FLAME_CONFIG`` names another one.  After
 the file, ``FLAME_ENDPOINT``, ``FLAME_CACHE_ENDPOINT`` and ``FLAME_CACHE_STORAGE``
 replace their values, and ``FLAME_CA_FILE`` fills a ``ca_file`` the file left unset.
+``FLAME_TOKEN`` (or ``FLAME_TOKEN_FILE``, or ``cluster.token_file`` of the file) is
+the access token of a local cluster served over TCP (see :mod:`flamepy._auth`).
 Empty variables count as unset.  Every problem raises :class:`ConfigError` naming the
 file (or variable), the key path and how to fix it.
 """
@@ -49,10 +51,21 @@ FLAME_ENDPOINT = "FLAME_ENDPOINT"
 FLAME_CACHE_ENDPOINT = "FLAME_CACHE_ENDPOINT"
 FLAME_CACHE_STORAGE = "FLAME_CACHE_STORAGE"
 FLAME_CA_FILE = "FLAME_CA_FILE"
+FLAME_TOKEN = "FLAME_TOKEN"
+FLAME_TOKEN_FILE = "FLAME_TOKEN_FILE"
 
-CLUSTER_SCHEMES: tuple[str, ...] = ("http", "https")
-CACHE_SCHEMES: tuple[str, ...] = ("grpc", "grpcs", "grpc+tls", "grpc+tcp")
-PACKAGE_STORAGE_SCHEMES: tuple[str, ...] = ("file", "http", "https", "grpc", "grpcs")
+UNIX_SCHEMES: tuple[str, ...] = ("unix", "grpc+unix")
+"""Unix domain socket endpoints: ``unix:///path`` (Frontend), ``grpc+unix:///path`` (cache)."""
+CLUSTER_SCHEMES: tuple[str, ...] = ("http", "https", "unix")
+CACHE_SCHEMES: tuple[str, ...] = ("grpc", "grpcs", "grpc+tls", "grpc+tcp", "grpc+unix")
+PACKAGE_STORAGE_SCHEMES: tuple[str, ...] = (
+    "file",
+    "http",
+    "https",
+    "grpc",
+    "grpcs",
+    "grpc+unix",
+)
 
 
 @dataclass(frozen=True)
@@ -97,6 +110,8 @@ class FlameClusterConfig:
 
     endpoint: str | None
     tls: FlameClientTls | None
+    token_file: str | None = None
+    """A file holding the cluster's access token (``cluster.token_file``)."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +121,28 @@ class FlameCacheConfig:
     endpoint: str
     tls: FlameClientTls | None
     storage: str | None
+
+
+def unix_socket_path(url: str) -> str | None:
+    """The socket path of a ``unix:`` or ``grpc+unix:`` endpoint; None for other schemes.
+
+    ``unix:///run/flame.sock``, ``unix:/run/flame.sock`` and
+    ``grpc+unix:///run/flame.sock`` name the absolute path ``/run/flame.sock``; a
+    relative or empty path raises :class:`ConfigError`.
+    """
+    text = url.strip()
+    scheme, sep, rest = text.partition(":")
+    if not sep or scheme.lower() not in UNIX_SCHEMES:
+        return None
+    path = rest[2:] if rest.startswith("//") else rest
+    bad = not path.startswith("/") or path.startswith("//") or path.endswith("/")
+    if bad or any(ch.isspace() for ch in path):
+        raise ConfigError(
+            f"invalid endpoint {url!r}: a Unix socket endpoint needs an absolute path "
+            "to a socket; "
+            f"write it as {scheme.lower()}:///absolute/path/to/socket"
+        )
+    return path
 
 
 def parse_endpoint(
@@ -118,7 +155,9 @@ def parse_endpoint(
 
     A missing scheme means ``schemes[0]`` (``http`` by default) and a missing port
     means ``default_port``.  IPv6 hosts are written in brackets (``[::1]:80``) and
-    returned without them.  Anything else raises :class:`ConfigError` naming ``url``.
+    returned without them.  A Unix socket endpoint (``unix:///path``, when its scheme
+    is allowed) gives ``(scheme, path, 0)``.  Anything else raises
+    :class:`ConfigError` naming ``url``.
     """
     allowed = ", ".join(f"{s}://" for s in schemes)
 
@@ -131,6 +170,13 @@ def parse_endpoint(
     text = url.strip()
     if not text or any(ch.isspace() for ch in text):
         raise bad("it is empty or contains whitespace")
+    unix_scheme = text.partition(":")[0].lower()
+    if unix_scheme in UNIX_SCHEMES and ":" in text:
+        if unix_scheme not in schemes:
+            raise bad(f"unsupported scheme {unix_scheme!r}")
+        path = unix_socket_path(text)
+        assert path is not None
+        return unix_scheme, path, 0
     if "://" not in text:
         text = f"{schemes[0]}://{text}"
     try:
@@ -170,6 +216,8 @@ class _Settings:
     cache_storage: str | None = None
     package: FlamePackage | None = None
     template: str | None = None
+    token: str | None = None
+    token_file: str | None = None
 
 
 class _Reader:
@@ -189,6 +237,13 @@ class _Reader:
             raise self.fail(key, f"expected a string, got {_type_name(value)}", "quote it")
         return value.strip() or None
 
+    def relative_to_file(self, text: str) -> Path:
+        """A path from the file: ``~`` expanded, relative to the file's directory."""
+        path = Path(text).expanduser()
+        if path.is_absolute() or self.src == "environment":
+            return path
+        return Path(self.src).parent / path
+
     def mapping(self, value: object, key: str) -> Mapping[str, Any] | None:
         if value is None or isinstance(value, dict):
             return value
@@ -207,7 +262,7 @@ class _Reader:
         if text is None:
             return None
         self.split(text, key, DEFAULT_CLUSTER_PORT, CLUSTER_SCHEMES)
-        return text if "://" in text else f"http://{text}"
+        return text if "://" in text or unix_socket_path(text) else f"http://{text}"
 
     def cache_endpoint(self, value: object, key: str, *, accept_http: bool) -> str | None:
         """A cache endpoint; with ``accept_http`` an old HTTP cache URL becomes gRPC."""
@@ -221,7 +276,7 @@ class _Reader:
             logger.warning(msg, self.src, key, text, new)
             return new
         self.split(text, key, DEFAULT_CACHE_PORT, CACHE_SCHEMES)
-        return text if "://" in text else f"grpc://{text}"
+        return text if "://" in text or unix_socket_path(text) else f"grpc://{text}"
 
     def tls(self, value: object, key: str) -> FlameClientTls | None:
         node = self.mapping(value, key)
@@ -288,6 +343,9 @@ class _Reader:
         if cluster is not None:
             settings.endpoint = self.endpoint(cluster.get("endpoint"), f"{key}.cluster.endpoint")
             settings.tls = self.tls(cluster.get("tls"), f"{key}.cluster.tls")
+            token_file = self.string(cluster.get("token_file"), f"{key}.cluster.token_file")
+            if token_file is not None:
+                settings.token_file = str(self.relative_to_file(token_file))
         cache = self.mapping(entry.get("cache"), f"{key}.cache")
         if cache is not None:
             settings.cache_endpoint = self.cache_endpoint(
@@ -387,6 +445,9 @@ def _apply_env(settings: _Settings, environ: Mapping[str, str]) -> None:
             settings.tls = FlameClientTls(ca_file=ca_file)
         if settings.cache_tls is None or settings.cache_tls.ca_file is None:
             settings.cache_tls = FlameClientTls(ca_file=ca_file)
+    if (token_file := _env(environ, FLAME_TOKEN_FILE)) is not None:
+        settings.token_file = token_file
+    settings.token = _env(environ, FLAME_TOKEN)
 
 
 class FlameContext:
@@ -408,7 +469,10 @@ class FlameContext:
         settings = _Reader(str(path_used)).document(_load(path_used)) if path_used else _Settings()
         _apply_env(settings, env)
         self._context_name = settings.context_name
-        self._cluster = FlameClusterConfig(endpoint=settings.endpoint, tls=settings.tls)
+        self._cluster = FlameClusterConfig(
+            endpoint=settings.endpoint, tls=settings.tls, token_file=settings.token_file
+        )
+        self._token = settings.token
         self._cache = FlameCacheConfig(
             endpoint=settings.cache_endpoint or DEFAULT_FLAME_CACHE_ENDPOINT,
             tls=settings.cache_tls,
@@ -468,6 +532,22 @@ class FlameContext:
         return self._package
 
     @property
+    def token(self) -> str | None:
+        """The cluster's access token: ``FLAME_TOKEN``, else the contents of
+        ``FLAME_TOKEN_FILE`` or ``cluster.token_file``; None when none is set.
+
+        Only a local cluster served over TCP asks for one (Flame's own servers have no
+        authentication).  An unreadable or empty file raises :class:`ConfigError`.
+        """
+        if self._token is not None:
+            return self._token
+        if self._cluster.token_file is None:
+            return None
+        from flamepy._auth import read_token_file
+
+        return read_token_file(self._cluster.token_file)
+
+    @property
     def runner(self) -> FlameContextRunner:
         return self._runner
 
@@ -499,7 +579,10 @@ __all__ = [
     "FLAME_CA_FILE",
     "FLAME_CONFIG",
     "FLAME_ENDPOINT",
+    "FLAME_TOKEN",
+    "FLAME_TOKEN_FILE",
     "PACKAGE_STORAGE_SCHEMES",
+    "UNIX_SCHEMES",
     "FlameCacheConfig",
     "FlameClientTls",
     "FlameClusterConfig",
@@ -507,4 +590,5 @@ __all__ = [
     "FlameContextRunner",
     "FlamePackage",
     "parse_endpoint",
+    "unix_socket_path",
 ]

@@ -5,6 +5,7 @@ The hierarchy::
     FlameError                      base of everything; carries ``code`` and ``message``
     ├── FlameUsageError             the caller must change something (input, config)
     │   ├── ConfigError             flame.yaml or FLAME_* variables are malformed or missing
+    │   │                           (or lack the access token a local cluster asked for)
     │   └── InvalidArgumentError    a request was rejected as invalid (client or server side)
     └── FlameRuntimeError           the request was fine but something failed while serving it
         ├── NotFoundError           the named application, session or task does not exist
@@ -193,6 +194,10 @@ _STATUS_TO_ERROR: dict[str, type[FlameError]] = {
     "FAILED_PRECONDITION": InvalidStateError,
     "UNAVAILABLE": ConnectionFailedError,
     "DEADLINE_EXCEEDED": FlameTimeoutError,
+    # A local cluster on TCP refuses calls without its access token: the fix is the
+    # client's configuration (FLAME_TOKEN_FILE), so a usage error.
+    "UNAUTHENTICATED": ConfigError,
+    "PERMISSION_DENIED": ConfigError,
 }
 
 

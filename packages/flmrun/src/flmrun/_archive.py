@@ -154,7 +154,7 @@ def safe_extract(archive: Path, dest: Path, *, limits: ExtractLimits | None = No
     suffix = archive_suffix(archive)
     if dest.is_symlink() or (dest.exists() and (not dest.is_dir() or any(dest.iterdir()))):
         raise FileExistsError(f"extraction destination {dest} exists and is not empty")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".extracting", dir=dest.parent))
     try:
         extractor = _Extractor(archive, tmp, limits or ExtractLimits())
@@ -163,7 +163,7 @@ def safe_extract(archive: Path, dest: Path, *, limits: ExtractLimits | None = No
         else:
             extractor.extract_tar(_TAR_MODES.get(suffix, "r|"))
         extractor.check_links()
-        os.chmod(tmp, 0o755)
+        os.chmod(tmp, 0o700)
         if dest.is_dir():
             dest.rmdir()
         os.rename(tmp, dest)
@@ -271,7 +271,7 @@ class _Extractor:
         if member.kind == "dir":
             if existing is None:
                 os.mkdir(path, 0o700)
-            _chmod_dir(path, (member.mode & 0o755) | 0o700)
+            _chmod_dir(path, 0o700)  # owner-only, whatever the archive says
         elif member.kind == "file":
             self.write_file(member, path, replace=existing is not None)
         elif member.kind == "symlink":
@@ -309,7 +309,7 @@ class _Extractor:
             prefix = "/".join(parts[:i])
             kind = self.kinds.get(prefix)
             if kind is None:
-                os.mkdir(self.root / prefix, 0o755)
+                os.mkdir(self.root / prefix, 0o700)
                 self.kinds[prefix] = "dir"
             elif kind != "dir":
                 raise self.fail(name, f"path passes through the {kind} {prefix!r}")
@@ -381,7 +381,7 @@ class _Extractor:
                     f"corrupt archive: header declares {member.size} bytes but {written} were read",
                 )
             out.flush()
-            os.fchmod(out.fileno(), (member.mode & 0o755) | 0o600)
+            os.fchmod(out.fileno(), (member.mode & 0o700) | 0o600)  # owner-only
             if member.mtime is not None:
                 os.utime(out.fileno(), (member.mtime, member.mtime))
 

@@ -3,7 +3,8 @@
 Shared by the testkit's executor manager (which installs before launch, as Flame's
 does) and by flmrun itself (which installs when no one did).  URL schemes:
 ``file://``, ``http(s)://`` and ``grpc(s)://host[:port]/<cache key>`` (a Flight DoGet
-with ticket ``<key>:0``, flame-cache.md §9).  Everything here blocks; callers on an
+with ticket ``<key>:0``, flame-cache.md §9); a local cluster's cache on a Unix socket
+is ``grpc+unix://<percent-encoded socket path>/<cache key>``.  Everything here blocks; callers on an
 event loop run it in a worker thread.
 """
 
@@ -39,18 +40,28 @@ def extract_once(archive: Path, root: Path, digest: str) -> Path:
     src = home / "src"
     if src.is_dir():
         return src
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
     with flocked(home / ".lock"):
         if not src.is_dir():
             safe_extract(archive, src)
     return src
 
 
-def download(app_name: str, url: str, dest: Path, *, cache_ca_file: str | None = None) -> str:
-    """Stream ``url`` into ``dest`` and return the SHA-256 hex of its bytes."""
+def download(
+    app_name: str,
+    url: str,
+    dest: Path,
+    *,
+    cache_ca_file: str | None = None,
+    cache_token: str | None = None,
+) -> str:
+    """Stream ``url`` into ``dest`` and return the SHA-256 hex of its bytes.
+
+    ``cache_token`` is the access token of a local cluster's cache (sent with the
+    DoGet of a ``grpc*://`` URL)."""
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         with open(dest, "wb") as out:
             sink = _HashingWriter(out)
@@ -58,12 +69,12 @@ def download(app_name: str, url: str, dest: Path, *, cache_ca_file: str | None =
                 _fetch_file(app_name, url, parts, sink)
             elif scheme in ("http", "https"):
                 _fetch_http(app_name, url, sink)
-            elif scheme in ("grpc", "grpcs"):
-                _fetch_cache(app_name, url, parts, sink, cache_ca_file)
+            elif scheme in ("grpc", "grpcs", "grpc+unix"):
+                _fetch_cache(app_name, url, parts, sink, cache_ca_file, cache_token)
             else:
                 raise InstallError(
                     f"application {app_name}: unsupported package URL scheme in {url!r}; "
-                    "expected file://, http(s):// or grpc(s)://"
+                    "expected file://, http(s)://, grpc(s):// or grpc+unix://"
                 )
     except BaseException:
         with contextlib.suppress(OSError):
@@ -78,11 +89,18 @@ def _fetch_cache(
     parts: urllib.parse.SplitResult,
     sink: _HashingWriter,
     cache_ca_file: str | None,
+    cache_token: str | None,
 ) -> None:
-    import pyarrow as pa
-    import pyarrow.flight as flight
-
     key = urllib.parse.unquote(parts.path).lstrip("/")
+    if parts.scheme.lower() == "grpc+unix":
+        socket = urllib.parse.unquote(parts.netloc)
+        if not socket.startswith("/") or not key:
+            raise InstallError(
+                f"application {app_name}: package URL {url!r} needs a socket path and a "
+                "cache key (grpc+unix://<percent-encoded socket path>/<app>/pkg/<file>)"
+            )
+        _do_get(app_name, url, f"grpc+unix://{socket}", key, sink, None, cache_token)
+        return
     try:
         host, port = parts.hostname, parts.port or CACHE_DEFAULT_PORT
     except ValueError as exc:
@@ -101,9 +119,28 @@ def _fetch_cache(
             roots = Path(cache_ca_file).read_bytes()
         except OSError as exc:
             raise InstallError(f"cannot read the cache CA file {cache_ca_file}: {exc}") from exc
+    _do_get(app_name, url, location, key, sink, roots, cache_token)
+
+
+def _do_get(
+    app_name: str,
+    url: str,
+    location: str,
+    key: str,
+    sink: _HashingWriter,
+    roots: bytes | None,
+    token: str | None,
+) -> None:
+    import pyarrow as pa
+    import pyarrow.flight as flight
+
+    from flamepy._auth import flight_middleware
+
     rows = 0
     try:
-        client = flight.FlightClient(location, tls_root_certs=roots)
+        client = flight.FlightClient(
+            location, tls_root_certs=roots, middleware=flight_middleware(token)
+        )
         try:
             options = flight.FlightCallOptions(timeout=CACHE_TIMEOUT)
             reader = client.do_get(flight.Ticket(f"{key}:0".encode()), options)
@@ -203,7 +240,7 @@ def file_name(url: str) -> str:
 
 @contextlib.contextmanager
 def flocked(path: Path) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -142,7 +142,7 @@ def install_python_package(
             "(the Runner generates a pyproject.toml when the directory has none)"
         )
     home = root / digest
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
     marker = home / MARKER_NAME
     if not marker.is_file():
         with _locked(home / LOCK_NAME):
@@ -153,7 +153,7 @@ def install_python_package(
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -16,6 +16,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from flamepy._config import FlameContext
 from flmrun._fetch import download, extract_once, file_name
 from flmrun._install import install_python_package
 
@@ -38,7 +39,13 @@ def install_from_url(app_name: str, url: str) -> list[str]:
     downloads.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(dir=downloads)) / f"{uuid.uuid4().hex}.{file_name(url)}"
     try:
-        digest = download(app_name, url, partial, cache_ca_file=os.environ.get("FLAME_CA_FILE"))
+        digest = download(
+            app_name,
+            url,
+            partial,
+            cache_ca_file=os.environ.get("FLAME_CA_FILE"),
+            cache_token=FlameContext().token,
+        )
         src = extract_once(partial, root / "packages", digest)
         installed = install_python_package(src, root=root / "envs", digest=digest)
     finally:

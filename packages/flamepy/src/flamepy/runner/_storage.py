@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 from flamepy._cache_client import client_for
+from flamepy._config import unix_socket_path
 from flamepy._errors import ConfigError, InternalError
 from flamepy.runner._package import Package
 
@@ -78,8 +79,14 @@ class CacheStorage(PackageStorage):
         self.app = app
         self.client = client_for(cache_endpoint, ca_file)
         base = urllib.parse.urlparse(url_base or cache_endpoint)
-        scheme = "grpcs" if base.scheme in ("grpcs", "grpc+tls") else "grpc"
-        self.url_prefix = f"{scheme}://{base.netloc}"
+        socket = unix_socket_path(url_base or cache_endpoint)
+        if socket is not None:
+            # The socket path travels in the authority, percent-encoded (as in
+            # http+unix:// URLs), so that the URL's path stays the cache key.
+            self.url_prefix = f"grpc+unix://{urllib.parse.quote(socket, safe='')}"
+        else:
+            scheme = "grpcs" if base.scheme in ("grpcs", "grpc+tls") else "grpc"
+            self.url_prefix = f"{scheme}://{base.netloc}"
 
     def key(self, package: Package) -> str:
         return f"{self.app}/pkg/{package.file_name}"
@@ -147,7 +154,7 @@ def storage_for(
         return FileStorage(urllib.parse.urlparse(url).path)
     if scheme in ("http", "https"):
         return HttpStorage(url)
-    if scheme in ("grpc", "grpcs"):
+    if scheme in ("grpc", "grpcs", "grpc+unix"):
         return CacheStorage(app, cache_endpoint, cache_ca_file, url_base=url)
     raise ConfigError(
         f"unsupported package storage {url!r}: use file://<dir>, grpc(s)://host:port "
