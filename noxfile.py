@@ -5,6 +5,8 @@
   ``tests-testkit`` run one package each.
 * ``conformance``: wire conformance with Flame's own SDK (flamepy 0.6.0 from PyPI, in
   an isolated venv beside the session's), ``conformance/``.
+* ``e2e``: the end-to-end suite (``e2e/``) against the cluster ``FLAME_ENDPOINT`` (or
+  ``FLAME_TEST_ENDPOINT``) names, or else a fresh ``flame-local up`` in its own process.
 * ``protos``: regenerate flamepy's committed gRPC stubs.
 * ``bench`` / ``bench-quick``: the Runner vs Ray vs Dask suite (``bench/run.py``);
   not in the default set.
@@ -20,7 +22,7 @@ import nox
 nox.options.default_venv_backend = "uv"
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
-nox.options.sessions = ["lint", "tests", "conformance"]
+nox.options.sessions = ["lint", "tests", "conformance", "e2e"]
 
 PYTHON = "3.11"
 PEER_FLAMEPY = "flamepy==0.6.0"
@@ -94,6 +96,14 @@ def conformance(session: nox.Session) -> None:
         *session.posargs,
         env={"FLAME_PEER_PYTHON": str(peer_python)},
     )
+
+
+@nox.session(python=PYTHON)
+def e2e(session: nox.Session) -> None:
+    """Any cluster: ``FLAME_ENDPOINT=https://flame:8080 FLAME_CACHE_ENDPOINT=grpcs://... uv run
+    nox -s e2e``; with nothing set, a ``flame-local up`` of its own (over gRPC and Flight)."""
+    sync(session)
+    session.run("pytest", "e2e/", "-p", "no:cacheprovider", *session.posargs)
 
 
 @nox.session(python=PYTHON)

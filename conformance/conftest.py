@@ -119,7 +119,7 @@ the explicit ``flame-local up --host 127.0.0.1 --no-auth`` mode."""
 @pytest.fixture(scope="module")
 def cluster_config() -> LocalClusterConfig:
     """The local cluster's settings; a module may override this fixture."""
-    return LocalClusterConfig(delay_release=2, host=PEER_HOST, no_auth=True)
+    return LocalClusterConfig(delay_release=2, host=PEER_HOST, no_auth=True, test_app=True)
 
 
 @contextlib.contextmanager

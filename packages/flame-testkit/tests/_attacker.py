@@ -103,6 +103,15 @@ def main() -> None:
             raise LookupError("no task listed")
 
     def unregister_flmrun() -> None:
+        # Open sessions block it (as on a real cluster), so close them first.
+        for session in stub.ListSession(
+            frontend_pb2.ListSessionRequest(), timeout=TIMEOUT
+        ).sessions:
+            if session.spec.application == "flmrun" and session.status.state == types_pb2.Open:
+                stub.CloseSession(
+                    frontend_pb2.CloseSessionRequest(session_id=session.metadata.id),
+                    timeout=TIMEOUT,
+                )
         reply = stub.UnregisterApplication(
             frontend_pb2.UnregisterApplicationRequest(name="flmrun"), timeout=TIMEOUT
         )

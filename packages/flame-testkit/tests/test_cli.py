@@ -16,7 +16,7 @@ CLI = [sys.executable, "-m", "flame_testkit._cli"]
 
 CLIENT = """
 import os, flamepy, stat
-ssn = flamepy.create_session("flmtest")
+ssn = flamepy.create_session("flmping")
 endpoint = os.environ["FLAME_ENDPOINT"]
 mode = stat.S_IMODE(os.stat(os.path.dirname(endpoint[len("unix://"):])).st_mode)
 print(endpoint, oct(mode), ssn.invoke(b"via-run", timeout=60).decode())
@@ -42,7 +42,7 @@ def test_run_sets_the_endpoint_and_returns_the_exit_code(tmp_path: Path) -> None
     endpoint, mode, output = proc.stdout.split()
     assert endpoint.startswith("unix:///")  # owner-only by default: no TCP port
     assert mode == "0o700"
-    assert output == "echo:via-run"
+    assert output == "via-run"
     assert "WARNING" not in proc.stderr
     failing = subprocess.run(
         [*CLI, "run", "--", sys.executable, "-c", "raise SystemExit(3)"],
@@ -84,7 +84,7 @@ def test_up_prints_endpoints_serves_and_stops_on_sigterm(tmp_path: Path) -> None
         assert line.startswith("FLAME_ENDPOINT=unix:///")
         assert proc.stdout.readline().startswith("FLAME_CACHE_ENDPOINT=grpc+unix:///")
         with Connection.connect(line.split("=", 1)[1]) as conn:
-            assert {a.name for a in conn.list_applications()} >= {"flmrun", "flmtest"}
+            assert {a.name for a in conn.list_applications()} == {"flmrun", "flmping", "flmexec"}
             assert conn.list_nodes()[0].capacity.cpu == 1
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0

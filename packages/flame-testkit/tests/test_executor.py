@@ -54,6 +54,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterThread]
         retry_limit=3,
         kill_grace=5.0,  # flmrun exits well within it; the orphan test waits it out
         work_dir=tmp_path_factory.mktemp("work"),
+        test_app=True,
     )
     with ClusterThread(config) as c:
         yield c
@@ -364,7 +365,7 @@ def test_an_instance_that_ignores_the_offer_is_driven_over_grpc(conn: Connection
 
 def test_with_the_task_stream_off_every_call_is_grpc(tmp_path: Path) -> None:
     config = LocalClusterConfig(
-        capacity=1, delay_release=DELAY_RELEASE, task_stream=False, work_dir=tmp_path
+        capacity=1, delay_release=DELAY_RELEASE, task_stream=False, work_dir=tmp_path, test_app=True
     )
     with ClusterThread(config) as c, Connection.connect(c.endpoint) as conn:
         ssn = _session(conn, max_instances=1)

@@ -11,7 +11,7 @@ from pathlib import Path
 SCRIPT = """
 import logging, flamepy
 logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
-ssn = flamepy.create_session("flmtest")
+ssn = flamepy.create_session("flmping")
 print(ssn.invoke(b"embedded", timeout=60))
 ssn.close()
 """
@@ -46,7 +46,7 @@ def _run(code: str, home: Path) -> subprocess.CompletedProcess[str]:
 def test_no_endpoint_starts_an_embedded_cluster(tmp_path: Path) -> None:
     proc = _run(SCRIPT, tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "b'echo:embedded'"
+    assert proc.stdout.strip() == "b'embedded'"
     info = [ln for ln in proc.stderr.splitlines() if "embedded local cluster" in ln]
     assert len(info) == 1 and info[0].startswith("flamepy.embedded INFO")
 
@@ -59,9 +59,11 @@ def test_no_endpoint_without_testkit_says_how_to_configure(tmp_path: Path) -> No
 
 
 KILLED_CLIENT = """
-import flamepy, sys, time
-ssn = flamepy.create_session("flmtest")
-print(ssn.invoke(b"pid", timeout=60).decode(), flush=True)
+import flamepy, json, sys, time
+ssn = flamepy.create_session("flmexec")  # the script's parent is the instance
+task = {"language": "python", "code": "import os; print(os.getppid(), end='')"}
+reply = json.loads(ssn.invoke(json.dumps(task).encode(), timeout=60))
+print(bytes(reply["data"]).decode(), flush=True)
 time.sleep(120)
 """
 

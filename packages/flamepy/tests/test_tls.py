@@ -86,7 +86,7 @@ def test_https_with_ca_file_connects(tls_cluster: tuple[ClusterThread, Path]) ->
     cluster, ca = tls_cluster
     assert cluster.endpoint.startswith("https://127.0.0.1:")
     with Connection.connect(cluster.endpoint, FlameClientTls(ca_file=str(ca))) as conn:
-        assert "flmtest" in {a.name for a in conn.list_applications()}
+        assert "flmping" in {a.name for a in conn.list_applications()}
 
 
 def test_https_with_an_untrusted_certificate_fails_clearly(

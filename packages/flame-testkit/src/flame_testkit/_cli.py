@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
             help="TCP: accept requests without a token (anyone who can connect can run "
             "commands as you)",
         )
+        p.add_argument(
+            "--no-local-transfer",
+            action="store_true",
+            help="clients on this host send payloads over Flight only, as to a real cluster "
+            "(default: large ones as files in /dev/shm)",
+        )
         p.add_argument("--tls-cert", type=Path, default=None, help="TCP: PEM certificate chain")
         p.add_argument("--tls-key", type=Path, default=None, help="TCP: PEM private key")
         p.add_argument(
@@ -110,7 +116,8 @@ def _config(args: argparse.Namespace) -> LocalClusterConfig:
             capacity=args.capacity,
             work_dir=args.work_dir,
             delay_release=args.delay_release,
-            cache_local_transfer=True,  # clients on this host hand over large payloads as files
+            # clients on this host hand over large payloads as files, unless asked not to
+            cache_local_transfer=not args.no_local_transfer,
             token=token,
             no_auth=args.no_auth,
             tls_cert=args.tls_cert,

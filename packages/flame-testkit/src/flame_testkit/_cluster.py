@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import logging
 import os
 import shutil
@@ -61,6 +62,8 @@ log = logging.getLogger("flame_testkit.cluster")
 T = TypeVar("T")
 
 FLMRUN_APP = "flmrun"
+PING_APP = "flmping"
+EXEC_APP = "flmexec"
 TEST_APP = "flmtest"
 FLMRUN_DESCRIPTION = "The Flame Runner application for executing customized Python applications."
 START_TIMEOUT = 60.0
@@ -82,6 +85,10 @@ class LocalClusterConfig:
     retry_limit: int = DEFAULT_RETRY_LIMIT
     watch_events: bool = False
     default_apps: bool = True
+    """Register what a real cluster registers at start: flmexec, flmping, flmrun (A5)."""
+    test_app: bool = False
+    """Also register ``flmtest`` (``_testapp``), the test application of flame-testkit's
+    own tests; no real cluster has it."""
     delay_release: int | None = None
     """Idle release delay (seconds) for the default applications; server default when None."""
     kill_grace: float = DEFAULT_KILL_GRACE
@@ -144,7 +151,8 @@ class LocalClusterConfig:
 
 
 def default_applications(config: LocalClusterConfig) -> dict[str, types_pb2.ApplicationSpec]:
-    """``flmrun`` (this workspace's runner, same interpreter) and the test app."""
+    """``flmrun`` (this workspace's runner, same interpreter), ``flmping`` and
+    ``flmexec`` (``_apps``), and the test app when asked for."""
     flmrun = types_pb2.ApplicationSpec(
         description=FLMRUN_DESCRIPTION,
         command=config.python,
@@ -157,9 +165,35 @@ def default_applications(config: LocalClusterConfig) -> dict[str, types_pb2.Appl
         command=config.python,
         arguments=["-m", "flame_testkit._testapp"],
     )
+    ping = types_pb2.ApplicationSpec(
+        description="Flame's ping application: each task returns its input.",
+        command=config.python,
+        arguments=["-m", "flame_testkit._apps", "ping"],
+    )
+    execute = types_pb2.ApplicationSpec(
+        description="Flame's exec application: runs a Python or shell script per task.",
+        command=config.python,
+        arguments=["-m", "flame_testkit._apps", "exec"],
+    )
+    execute.schema.input = json.dumps(
+        {
+            "type": "object",
+            "properties": {
+                "language": {"type": "string"},
+                "code": {"type": "string"},
+                "input": {"type": "array", "items": {"type": "integer"}},
+            },
+            "required": ["code"],
+        }
+    )
+    execute.schema.output = json.dumps({"type": "string"})
+    apps = {FLMRUN_APP: flmrun, PING_APP: ping, EXEC_APP: execute}
+    if config.test_app:
+        apps[TEST_APP] = test
     if config.delay_release is not None:
-        flmrun.delay_release = test.delay_release = config.delay_release
-    return {FLMRUN_APP: flmrun, TEST_APP: test}
+        for spec in apps.values():
+            spec.delay_release = config.delay_release
+    return apps
 
 
 class LocalCluster:
@@ -225,8 +259,10 @@ class LocalCluster:
         return list(self.executor_manager.launched_pids) if self.executor_manager else []
 
     async def start(self) -> LocalCluster:
-        if self.config.default_apps:
+        if self.config.default_apps or self.config.test_app:
             for name, spec in default_applications(self.config).items():
+                if not self.config.default_apps and name != TEST_APP:
+                    continue
                 self.state.register_application(name, spec)
         tls = None
         if self.config.tls_cert is not None and self.config.tls_key is not None:

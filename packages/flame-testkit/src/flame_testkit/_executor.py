@@ -113,8 +113,21 @@ def _resolve(waiter: asyncio.Future[None] | None) -> bool:
     return False
 
 
+MAX_TASK_RESULT = 4 * 1024 * 1024
+"""The largest TaskResult a real executor manager accepts (gRPC's default, T2)."""
+BIND_INSTALL = 10
+BIND_LAUNCH = 11
+BIND_ENTER = 12
+BIND_UNKNOWN = 19
+"""Bind result codes of flame-wire.md §5.4."""
+
+
 class BindError(Exception):
     """An instance could not be bound; recorded as session event 1001."""
+
+    def __init__(self, message: str, code: int = BIND_UNKNOWN) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class SessionGone(Exception):
@@ -144,12 +157,22 @@ class Executor:
         return self.waker.wake()
 
 
+def _cpu(resreq: types_pb2.ResourceRequirement | None) -> int:
+    """CPUs an instance takes from the node (at least 1, as an executor slot)."""
+    return max(1, resreq.cpu) if resreq is not None else 1
+
+
+def _mem(resreq: types_pb2.ResourceRequirement | None) -> int:
+    return resreq.memory if resreq is not None else 0
+
+
 class ExecutorManager:
     """Schedules instances for the sessions in a :class:`ClusterState`."""
 
     def __init__(self, state: ClusterState, config: ExecutorManagerConfig) -> None:
         self.state = state
         self.config = config
+        self.node_memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         self.executors: dict[str, Executor] = {}
         self.launched_pids: list[int] = []
         self._runners: set[asyncio.Task[None]] = set()
@@ -237,11 +260,19 @@ class ExecutorManager:
         """Start instances: first for sessions with tasks waiting, then (only when no
         session is short of instances for its tasks) up to each ``min_instances``.
 
+        As a real cluster (flame-server-semantics.md): an instance takes its
+        session's ``resreq`` from the node (``capacity`` CPUs, the machine's memory;
+        S5), only the session's ``max_instances`` bounds it (0: none at all; S3),
+        and a session gets no new instance while one of a higher priority has tasks
+        waiting (S6).  A resreq no node can ever hold fails the session's tasks
+        with a message that says so, where a real cluster leaves them Pending.
+
         Putting tasks first matters on a small node: an idle instance kept for
         ``min_instances`` is released for a session that has work, and must not be
         started again while that work waits, or the two would take turns forever.
         """
-        free = self.config.capacity - len(self.executors)
+        free_cpu = self.config.capacity - sum(_cpu(e.resreq) for e in self.executors.values())
+        free_mem = self.node_memory - sum(_mem(e.resreq) for e in self.executors.values())
         candidates = []
         for session in list(self.state.sessions.values()):
             if not session.open or self.state.retry_limit_reached(session.id):
@@ -249,29 +280,70 @@ class ExecutorManager:
             app = self.state.apps.get(session.spec.application)
             if app is None:
                 continue
+            unfit = self._never_fits(session.spec.resreq)
+            if unfit is not None:
+                if session.unschedulable is None:
+                    self.state.mark_unschedulable(session.id, unfit)
+                continue
             bound = sum(1 for e in self.executors.values() if e.session_id == session.id)
-            limit = min(session.max_instances or math.inf, app.max_instances)
+            limit = session.max_instances if session.max_instances is not None else math.inf
             demand = session.counts[TaskState.PENDING] + session.counts[TaskState.RUNNING]
             candidates.append((session, app, bound, limit, demand))
+        waiting = [c[0].spec.priority for c in candidates if c[0].counts[TaskState.PENDING]]
+        top = max(waiting, default=0)
+        candidates = [c for c in candidates if c[0].spec.priority >= top]
+
+        def fits(session: SessionRecord) -> bool:
+            return _cpu(session.spec.resreq) <= free_cpu and _mem(session.spec.resreq) <= free_mem
+
+        def launch(session: SessionRecord, app: AppRecord) -> None:
+            nonlocal free_cpu, free_mem
+            self._launch(session, app)
+            free_cpu -= _cpu(session.spec.resreq)
+            free_mem -= _mem(session.spec.resreq)
+
         short = False
         for session, app, bound, limit, demand in candidates:
             missing = int(min(limit, demand)) - bound
             if missing <= 0 or session.counts[TaskState.PENDING] == 0:
                 continue
-            if missing > free:
+            if not fits(session):
                 short = True
-                self._reclaim_idle(missing - free, exclude=session.id)
-            for _ in range(min(missing, free)):
-                self._launch(session, app)
-                free -= 1
+                self._reclaim_idle(1, exclude=session.id)
+                continue
+            while missing > 0 and fits(session):
+                launch(session, app)
+                missing -= 1
+            if missing > 0:
+                short = True
+                self._reclaim_idle(missing, exclude=session.id)
         if short:
             return
         for session, app, _, limit, _ in candidates:
             bound = sum(1 for e in self.executors.values() if e.session_id == session.id)
             missing = int(min(limit, session.spec.min_instances)) - bound
-            for _ in range(max(0, min(missing, free))):
-                self._launch(session, app)
-                free -= 1
+            while missing > 0 and fits(session):
+                launch(session, app)
+                missing -= 1
+
+    def _never_fits(self, resreq: types_pb2.ResourceRequirement) -> str | None:
+        """Why no instance with ``resreq`` can ever run on this node (None: it can)."""
+        if resreq.gpu > 0:
+            return (
+                f"the session asks for {resreq.gpu} GPU(s) and this local node has none; a "
+                "real cluster keeps such tasks Pending until a node with GPUs has room"
+            )
+        if _cpu(resreq) > self.config.capacity:
+            return (
+                f"the session asks for {resreq.cpu} CPU(s) per instance and this local node "
+                f"has {self.config.capacity}; ask for less, or raise the cluster's capacity"
+            )
+        if _mem(resreq) > self.node_memory:
+            return (
+                f"the session asks for {resreq.memory} bytes of memory per instance and this "
+                f"local node has {self.node_memory}"
+            )
+        return None
 
     def _reclaim_idle(self, wanted: int, exclude: str) -> None:
         """Ask idle instances of other sessions to release, to free capacity."""
@@ -302,7 +374,11 @@ class ExecutorManager:
                 await self._bind(ex, app)
             except BindError as err:
                 log.warning("bind of %s to session %s failed: %s", ex.id, ex.session_id, err)
-                self.state.record_bind_failure(ex.session_id, str(err))
+                self.state.record_bind_failure(
+                    ex.session_id,
+                    f"Executor {ex.id} on node {self.config.node_name} failed to bind session "
+                    f"with return_code {err.code}: {err}",
+                )
             else:
                 await self._serve(ex, app)
         except (asyncio.CancelledError, SessionGone):
@@ -332,7 +408,7 @@ class ExecutorManager:
             installed = await self.installer.install(app.name, spec)
         except FlmrunError as exc:
             raise BindError(
-                f"installing the package of application {app.name} failed: {exc}"
+                f"installing the package of application {app.name} failed: {exc}", BIND_INSTALL
             ) from exc
         env = instance_environment(
             spec,
@@ -351,7 +427,7 @@ class ExecutorManager:
             env[STREAM_ENV] = str(stream_path)
         command = expand(spec.command, env, base) if spec.HasField("command") else ""
         if not command:
-            raise BindError(f"application {app.name} has no command to launch")
+            raise BindError(f"application {app.name} has no command to launch", BIND_LAUNCH)
         args = [expand(a, env, base) for a in spec.arguments]
         stderr = cfg.work_dir / "logs" / f"{ex.id}.err"
         try:
@@ -364,7 +440,9 @@ class ExecutorManager:
                 stderr=stderr,
             )
         except OSError as exc:
-            raise BindError(f"cannot start {command!r} for application {app.name}: {exc}") from exc
+            raise BindError(
+                f"cannot start {command!r} for application {app.name}: {exc}", BIND_LAUNCH
+            ) from exc
         self.launched_pids.append(ex.process.pid)
         await self._wait_socket(ex, socket_path, stderr)
         ex.channel = grpc.aio.insecure_channel(f"unix://{socket_path}")
@@ -389,10 +467,11 @@ class ExecutorManager:
             )
         except grpc.aio.AioRpcError as exc:
             raise BindError(
-                f"on_session_enter failed: {exc.details()}{self._stderr_note(ex, stderr)}"
+                f"on_session_enter failed: {exc.details()}{self._stderr_note(ex, stderr)}",
+                BIND_ENTER,
             ) from exc
         if result.return_code != 0:
-            raise BindError(f"on_session_enter failed: {result.message}")
+            raise BindError(f"on_session_enter failed: {result.message}", BIND_ENTER)
         ex.state = types_pb2.ExecutorBound
 
     async def _wait_socket(self, ex: Executor, socket_path: Path, stderr: Path) -> None:
@@ -406,12 +485,14 @@ class ExecutorManager:
             if ex.process.returncode is not None:
                 raise BindError(
                     f"instance exited with code {ex.process.returncode} before creating its "
-                    f"socket{self._stderr_note(ex, stderr)}"
+                    f"socket{self._stderr_note(ex, stderr)}",
+                    BIND_LAUNCH,
                 )
             if loop.time() > deadline:
                 raise BindError(
                     f"instance did not create its socket {socket_path} within "
-                    f"{self.config.socket_timeout:g}s{self._stderr_note(ex, stderr)}"
+                    f"{self.config.socket_timeout:g}s{self._stderr_note(ex, stderr)}",
+                    BIND_LAUNCH,
                 )
             await asyncio.sleep(SOCKET_POLL)
 
@@ -463,28 +544,18 @@ class ExecutorManager:
                 task.session_id, task.id, -1, None, "the local cluster stopped while the task ran"
             )
             raise
-        except (grpc.aio.AioRpcError, TaskStreamError) as exc:
-            if isinstance(exc, TaskStreamError):
-                status, details = exc.code, exc.details
-            else:
-                status, details = exc.code().name, exc.details()
-            code = None
-            if ex.process is not None:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    code = await asyncio.wait_for(ex.process.wait(), EXIT_CODE_WAIT)
-            exit_note = f"; the instance exited with code {code}" if code is not None else ""
-            stderr = self.config.work_dir / "logs" / f"{ex.id}.err"
-            self.state.complete_task(
-                task.session_id,
-                task.id,
-                -1,
-                None,
-                f"instance {ex.id} failed while running the task: {status}: "
-                f"{details}{exit_note}{self._stderr_note(ex, stderr)}",
-            )
-            return False
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:  # T2, over gRPC
+                self._output_too_large(ex, task, exc.details() or "")
+                return True
+            return await self._instance_failed(ex, task, exc.code().name, exc.details())
+        except TaskStreamError as exc:
+            return await self._instance_failed(ex, task, exc.code, exc.details)
         finally:
             ex.current = None
+        if result.ByteSize() > MAX_TASK_RESULT:  # T2: the task stream allows more
+            self._output_too_large(ex, task, f"the result is {result.ByteSize()} bytes")
+            return True
         self.state.complete_task(
             task.session_id,
             task.id,
@@ -493,6 +564,38 @@ class ExecutorManager:
             result.message if result.HasField("message") else None,
         )
         return True
+
+    def _output_too_large(self, ex: Executor, task: TaskRecord, details: str) -> None:
+        """T2: a real executor manager keeps gRPC's 4 MiB limit for the instance's
+        reply, and the task fails; the instance stays."""
+        self.state.complete_task(
+            task.session_id,
+            task.id,
+            -1,
+            None,
+            f"instance {ex.id}: the task's result is over the executor manager's 4 MiB "
+            f"message limit ({details}); return large data through the object cache",
+        )
+
+    async def _instance_failed(
+        self, ex: Executor, task: TaskRecord, status: str, details: str | None
+    ) -> bool:
+        """The instance broke while running ``task``: the task fails visibly (I1)."""
+        code = None
+        if ex.process is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                code = await asyncio.wait_for(ex.process.wait(), EXIT_CODE_WAIT)
+        exit_note = f"; the instance exited with code {code}" if code is not None else ""
+        stderr = self.config.work_dir / "logs" / f"{ex.id}.err"
+        self.state.complete_task(
+            task.session_id,
+            task.id,
+            -1,
+            None,
+            f"instance {ex.id} failed while running the task: {status}: "
+            f"{details}{exit_note}{self._stderr_note(ex, stderr)}",
+        )
+        return False
 
     async def _unbind(self, ex: Executor) -> None:
         ex.state = types_pb2.ExecutorUnbinding
@@ -538,7 +641,7 @@ class ExecutorManager:
         node.metadata.id = node.metadata.name = self.config.node_name
         node.spec.hostname = self.config.node_name
         node.status.state = types_pb2.Ready
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        memory = self.node_memory
         node.status.capacity.cpu = node.status.allocatable.cpu = self.config.capacity
         node.status.capacity.memory = node.status.allocatable.memory = memory
         node.status.info.arch = platform.machine()

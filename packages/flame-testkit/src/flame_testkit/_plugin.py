@@ -1,14 +1,20 @@
-"""pytest fixtures for a local Flame cluster (registered through ``pytest11``).
+"""pytest fixtures for a Flame cluster (registered through ``pytest11``).
 
 * ``flame_cluster``: one local cluster for the test session; at teardown it fails
-  if any instance process it launched is still alive.
+  if any instance process it launched is still alive.  With ``FLAME_TEST_ENDPOINT``
+  set (and ``FLAME_TEST_CACHE_ENDPOINT``, and the usual ``FLAME_TOKEN_FILE`` or
+  ``FLAME_CA_FILE`` where needed), it is that cluster instead, a real one or a
+  ``flame-local up`` elsewhere, and nothing is started: the same tests run against
+  the fake and against a real cluster.
+* ``flame_cluster_config``: the local cluster's settings; override it in a
+  conftest.py.
 * ``flame_endpoint``: that cluster's Frontend URL.
 * ``flame_env``: sets FLAME_ENDPOINT (and FLAME_CACHE_ENDPOINT, and the token file
   of a TCP cluster) for one test.
-
-The cluster is owner-only: it serves on Unix sockets in a 0700 directory unless
-``flame_cluster_config`` asks for TCP, which then requires a token.
 * ``flame_connection``: a flamepy ``Connection`` to the cluster.
+
+The local cluster is owner-only: it serves on Unix sockets in a 0700 directory
+unless ``flame_cluster_config`` asks for TCP, which then requires a token.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import pytest
 
 from flame_testkit._cluster import ClusterThread, LocalClusterConfig
 from flame_testkit._executor import DEFAULT_CAPACITY
+from flame_testkit._remote import RemoteCluster
 
 TEST_DELAY_RELEASE = 2
 """Idle instances of the test cluster are released after 2 s."""
@@ -36,7 +43,13 @@ def flame_cluster_config() -> LocalClusterConfig:
 
 
 @pytest.fixture(scope="session")
-def flame_cluster(flame_cluster_config: LocalClusterConfig) -> Iterator[ClusterThread]:
+def flame_cluster(
+    flame_cluster_config: LocalClusterConfig,
+) -> Iterator[ClusterThread | RemoteCluster]:
+    remote = RemoteCluster.from_env()
+    if remote is not None:
+        yield remote
+        return
     cluster = ClusterThread(flame_cluster_config).start()
     try:
         yield cluster
@@ -48,12 +61,14 @@ def flame_cluster(flame_cluster_config: LocalClusterConfig) -> Iterator[ClusterT
 
 
 @pytest.fixture(scope="session")
-def flame_endpoint(flame_cluster: ClusterThread) -> str:
+def flame_endpoint(flame_cluster: ClusterThread | RemoteCluster) -> str:
     return flame_cluster.endpoint
 
 
 @pytest.fixture
-def flame_env(flame_cluster: ClusterThread, monkeypatch: pytest.MonkeyPatch) -> ClusterThread:
+def flame_env(
+    flame_cluster: ClusterThread | RemoteCluster, monkeypatch: pytest.MonkeyPatch
+) -> ClusterThread | RemoteCluster:
     wanted = flame_cluster.client_env({})
     for key in ("FLAME_TOKEN", "FLAME_TOKEN_FILE", "FLAME_CA_FILE"):
         if key not in wanted:
@@ -64,10 +79,13 @@ def flame_env(flame_cluster: ClusterThread, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 @pytest.fixture(scope="session")
-def flame_connection(flame_endpoint: str) -> Iterator[object]:
+def flame_connection(flame_cluster: ClusterThread | RemoteCluster) -> Iterator[object]:
     from flamepy import Connection
 
-    conn = Connection.connect(flame_endpoint)
+    with pytest.MonkeyPatch.context() as mp:  # the token goes to configured endpoints only
+        for key, value in flame_cluster.client_env({}).items():
+            mp.setenv(key, value)
+        conn = Connection.connect(flame_cluster.endpoint)
     try:
         yield conn
     finally:

@@ -287,7 +287,13 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServicer):
         except StateError as err:
             await _abort(context, err)
         key = (request.session_id, task_id)
+        # T1: a message only when the state changes, or at once when it is terminal;
+        # the current non-terminal state is not sent first.
+        session = self.state.sessions.get(request.session_id)
+        first = session.tasks.get(task_id) if session is not None else None
         sent: TaskState | None = None
+        if first is not None and first.state not in TERMINAL:
+            sent = first.state
         while True:
             session = self.state.sessions.get(request.session_id)
             task = session.tasks.get(task_id) if session is not None else None

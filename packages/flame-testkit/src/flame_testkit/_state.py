@@ -1,7 +1,9 @@
 """Pure state machines of the local session manager.
 
 No I/O, no asyncio, no gRPC: applications, sessions and tasks with the rules of
-flame-wire.md §1 and §5.4.  The servicer (``_servicer.py``) speaks the protocol
+flame-wire.md §1 and §5.4 and the real servers' semantics of
+flame-server-semantics.md (the row numbers, A1, S1, T5 ..., are quoted where
+they apply).  The servicer (``_servicer.py``) speaks the protocol
 over this state, and the executor manager (``_executor.py``) drives tasks through
 it.  Observers registered with :meth:`ClusterState.subscribe` hear about every
 change and are called synchronously, on the caller's thread.
@@ -58,7 +60,27 @@ class InvalidName(InvalidArgument):
 
 
 def now_ms() -> int:
-    return int(time.time() * 1000)
+    """The time as the real server stores it: whole seconds times 1000 (S7)."""
+    return int(time.time()) * 1000
+
+
+STATE_NAMES = {
+    TaskState.PENDING: "Pending",
+    TaskState.RUNNING: "Running",
+    TaskState.SUCCEED: "Succeed",
+    TaskState.FAILED: "Failed",
+    TaskState.CANCELLED: "Cancelled",
+}
+
+
+def task_event_text(state: TaskState, created: bool = False) -> str:
+    """The real server's task event texts (T5)."""
+    name = STATE_NAMES[state]
+    if created:
+        return f"Task was created with state <{name}>"
+    if state in TERMINAL:
+        return f"Task was completed with state <{name}>"
+    return f"Task state was updated to <{name}>"
 
 
 @dataclass
@@ -199,26 +221,39 @@ class ClusterState:
 
     def register_application(self, name: str, spec: types_pb2.ApplicationSpec | None) -> AppRecord:
         validate_app_name(name)
-        checked = validate_app_spec(spec)
+        checked = _as_stored(validate_app_spec(spec))
         if name in self.apps:
             raise AlreadyExists(f"application {name} already exists")
         app = AppRecord(name=name, spec=checked, creation_time=now_ms())
         self.apps[name] = app
         return app
 
+    def open_sessions_of(self, name: str) -> int:
+        return sum(1 for s in self.sessions.values() if s.open and s.spec.application == name)
+
+    def _refuse_with_open_sessions(self, name: str) -> None:
+        """A1, A3: the real server refuses while the application has open sessions."""
+        count = self.open_sessions_of(name)
+        if count:
+            raise StateError(f"{count} open sessions in the application")
+
     def update_application(self, name: str, spec: types_pb2.ApplicationSpec | None) -> AppRecord:
         validate_app_name(name)
-        checked = validate_app_spec(spec)
+        checked = _as_stored(validate_app_spec(spec))
         app = self.get_application(name)
+        self._refuse_with_open_sessions(name)
         app.spec = checked
         return app
 
     def unregister_application(self, name: str) -> None:
-        self.get_application(name)
+        """A1: refused while the application has open sessions; A2: an unknown name
+        succeeds.  Its closed sessions go with it."""
+        if name not in self.apps:
+            return
+        self._refuse_with_open_sessions(name)
         del self.apps[name]
         for sid in [s.id for s in self.sessions.values() if s.spec.application == name]:
             session = self.sessions.pop(sid)
-            session.open = False
             self._emit("removed", session)
 
     def get_application(self, name: str) -> AppRecord:
@@ -303,11 +338,18 @@ class ClusterState:
         return session
 
     def delete_session(self, session_id: str) -> SessionRecord:
+        """S1: only a Closed session whose tasks all Succeeded or Failed; Cancelled
+        tasks count as open, so a session closed with pending tasks stays forever.
+        Refusals are INTERNAL, as the real server's storage errors are."""
         session = self.get_session(session_id)
-        active = session.counts[TaskState.PENDING] + session.counts[TaskState.RUNNING]
+        if session.open:
+            raise StateError(f"session {session_id} is open; close it before deleting it")
+        active = sum(
+            session.counts[s] for s in (TaskState.PENDING, TaskState.RUNNING, TaskState.CANCELLED)
+        )
         if active:
-            raise InvalidArgument(
-                f"session {session_id} still has {active} pending or running task(s)"
+            raise StateError(
+                f"session {session_id} still has {active} pending, running or cancelled task(s)"
             )
         del self.sessions[session_id]
         session.open = False
@@ -328,7 +370,11 @@ class ClusterState:
         session.next_task_id += 1
         session.tasks[task.id] = task
         session.counts[TaskState.PENDING] += 1
-        task.events.append(EventRecord(TaskState.PENDING, None, task.creation_time))
+        task.events.append(
+            EventRecord(
+                TaskState.PENDING, task_event_text(TaskState.PENDING, True), task.creation_time
+            )
+        )
         if session.unschedulable is not None:
             # Past the bind retry limit nothing will ever run it: fail it now.
             self._transition(session, task, TaskState.FAILED, now_ms(), session.unschedulable)
@@ -359,7 +405,8 @@ class ClusterState:
         session.counts[task.state] -= 1
         session.counts[state] += 1
         task.state = state
-        task.events.append(EventRecord(int(state), message, when))
+        if state != TaskState.CANCELLED:  # T5: no event for tasks cancelled at close
+            task.events.append(EventRecord(int(state), message or task_event_text(state), when))
         if state in TERMINAL:
             task.completion_time = when
         self._emit("task", session, task)
@@ -420,16 +467,32 @@ class ClusterState:
             f"no instance could be started for session {session_id} after "
             f"{session.bind_failures} attempts; last error: {message}"
         )
+        self.mark_unschedulable(session_id, reason)
+        return True
+
+    def mark_unschedulable(self, session_id: str, reason: str) -> None:
+        """No instance will ever run this session's tasks: fail those waiting and
+        those created later with ``reason``."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            return
+        now = now_ms()
         session.unschedulable = reason
         while session.pending:
             task = session.tasks[session.pending.popleft()]
             self._transition(session, task, TaskState.FAILED, now, reason)
         self._emit("session", session)
-        return True
 
     def retry_limit_reached(self, session_id: str) -> bool:
         session = self.sessions.get(session_id)
         return session is None or session.bind_failures >= self.retry_limit
+
+
+def _as_stored(spec: types_pb2.ApplicationSpec) -> types_pb2.ApplicationSpec:
+    """A4: the real server stores neither ``image`` nor ``shim`` (Host, 0, is read back)."""
+    spec.ClearField("image")
+    spec.shim = types_pb2.Host
+    return spec
 
 
 def _field(spec: types_pb2.SessionSpec, name: str) -> object:

@@ -16,6 +16,7 @@ input is a small command, so tests can make an instance succeed, fail, hang or c
 ``thread``          the name of the thread running the task (which transport ran it)
 ``cwd``             the instance's working directory
 ``print:<text>``    write text to stdout and stderr, return ``b"printed"``
+``big:<n>``         ``n`` bytes of ``b"x"``
 ``orphan``          start a child in the same process group that ignores SIGTERM
 anything else       ``b"echo:" + input`` (``b"echo:"`` for no input)
 ==================  ===========================================================
@@ -95,6 +96,8 @@ class TestAppService(FlameService):
             print(text, flush=True)
             print(text, file=sys.stderr, flush=True)
             return b"printed"
+        if data.startswith(b"big:"):
+            return b"x" * int(data[len(b"big:") :])
         if data == b"orphan":
             child = subprocess.Popen(
                 [sys.executable, "-c", _ORPHAN],

@@ -196,6 +196,9 @@ _STATUS_TO_ERROR: dict[str, type[FlameError]] = {
     "DEADLINE_EXCEEDED": FlameTimeoutError,
     # A local cluster on TCP refuses calls without its access token: the fix is the
     # client's configuration (FLAME_TOKEN_FILE), so a usage error.
+    # A request over the 4 MiB message limit: the caller must send less.
+    "RESOURCE_EXHAUSTED": InvalidArgumentError,
+    "OUT_OF_RANGE": InvalidArgumentError,
     "UNAUTHENTICATED": ConfigError,
     "PERMISSION_DENIED": ConfigError,
 }

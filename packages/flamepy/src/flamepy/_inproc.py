@@ -79,8 +79,26 @@ class _Context:
         return False
 
 
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+"""gRPC's default receive limit, which a real Frontend keeps (T3): a larger request
+is refused with RESOURCE_EXHAUSTED in-process too."""
+
+
 def _copy(message: Any) -> Any:
     return type(message).FromString(message.SerializeToString())
+
+
+def _request_copy(message: Any, name: str) -> Any:
+    data = message.SerializeToString()
+    if len(data) > MAX_REQUEST_BYTES:
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(),
+            f"{name}: the request is {len(data)} bytes, over the Frontend's limit of "
+            f"{MAX_REQUEST_BYTES} (4 MiB); send large data through the object cache",
+        )
+    return type(message).FromString(data)
 
 
 def _unavailable(what: str) -> grpc.aio.AioRpcError:
@@ -192,7 +210,7 @@ class InProcessStub:
         if inspect.isasyncgenfunction(method):
 
             def stream(request: Any, timeout: float | None = None, **_: Any) -> _Stream:
-                return _Stream(target, method, _copy(request))
+                return _Stream(target, method, _request_copy(request, name))
 
             return stream
 
@@ -207,7 +225,7 @@ class InProcessStub:
         async def unary(request: Any, timeout: float | None = None, **_: Any) -> Any:
             loop = asyncio.get_running_loop()
             started = loop.time()
-            coro = method(_copy(request), _Context())
+            coro = method(_request_copy(request, name), _Context())
             try:
                 if loop is target.loop:
                     reply = await _bounded(coro, timeout)

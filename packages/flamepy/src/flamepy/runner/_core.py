@@ -41,6 +41,9 @@ from flamepy.runner.types import RunnerContext, SessionContext, is_function
 log = logging.getLogger("flamepy.runner")
 
 CLOSE_WAIT = 60.0
+CLOSE_RETRY_MIN = 0.02
+CLOSE_RETRY_MAX = 1.0
+"""Seconds between tries to close a session whose task still runs."""
 """Seconds a closing service waits for its calls in flight."""
 LEAVE_WAIT = 10.0
 """Seconds a closing Runner waits for the instances of its stateful services to leave."""
@@ -223,19 +226,34 @@ class RunnerCore:
         log.warning("instances of %s did not leave within %ss", sorted(sessions), LEAVE_WAIT)
 
     async def close(self) -> None:
-        """Close this Runner's sessions; if it registered the application, remove it,
-        its cache objects and its package."""
+        """Close this Runner's sessions, then, if it registered the application,
+        remove it, its cache objects and its package.
+
+        A real cluster refuses to unregister an application that has an open session
+        (flame-server-semantics.md A1): sessions are closed first, and when one must
+        stay open because a task still runs, the application stays too, with a
+        warning that names both."""
         errors: list[BaseException] = []
         stateful: list[str] = []
+        left_open: list[str] = []
         for service in self.services:
             try:
-                await service.close()
+                if not await service.close():
+                    left_open.append(service.opened_session_id() or "?")
                 opened = service.opened_session_id()
                 if service.context.stateful and opened is not None:
                     stateful.append(opened)
             except Exception as exc:  # keep cleaning up
                 errors.append(exc)
         self.services.clear()
+        if self.owner and self.conn is not None and left_open:
+            self.owner = False
+            log.warning(
+                "application %s is left registered: its session(s) %s still run a task; "
+                "close them later with 'flmctl close', then unregister the application",
+                self.name,
+                ", ".join(left_open),
+            )
         if self.owner and self.conn is not None:
             self.owner = False
             try:
@@ -394,22 +412,39 @@ class ServiceCore:
         session = self._session
         return session.result().id if succeeded(session) else None  # type: ignore[union-attr]
 
-    async def close(self) -> None:
-        """Let calls in flight finish (at most CLOSE_WAIT s), then close the session."""
+    async def close(self) -> bool:
+        """Let calls in flight finish (at most CLOSE_WAIT s), then close the session.
+
+        A real cluster refuses to close a session while a task runs, and refuses to
+        unregister an application with an open session (A1), so a task still
+        running is waited for (up to CLOSE_WAIT s in all).  Returns False when the
+        session is left open because a task still runs."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CLOSE_WAIT
         pending = [c.outcome() for c in self.batcher.live] + list(self._inflight)
         if pending:
             await asyncio.wait(pending, timeout=CLOSE_WAIT)
         if self._session is None:
-            return
+            return True
         try:
             session = await self._session
         except Exception:
-            return  # it never opened
-        if session.state == SessionState.OPEN:
+            return True  # it never opened
+        if session.state != SessionState.OPEN:
+            return True
+        delay = CLOSE_RETRY_MIN
+        while True:
             try:
                 await session.close()
-            except InternalError:
-                if not self.runner.owner:
-                    raise
-                # Tasks still running: unregistering the application drops the session.
-                log.warning("session %s still has running tasks at close", session.id)
+                return True
+            except InternalError as exc:  # a task is still running
+                if loop.time() + delay > deadline:
+                    log.warning(
+                        "session %s is left open: a task still runs after %.0fs (%s)",
+                        session.id,
+                        CLOSE_WAIT,
+                        exc,
+                    )
+                    return False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, CLOSE_RETRY_MAX)

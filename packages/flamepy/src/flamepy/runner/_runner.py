@@ -79,7 +79,7 @@ class _ServiceFront(Generic[FutureT]):
         return self._submit(None, args, kwargs)
 
 
-async def _after_posted(loop: BackgroundLoop, closing: Coroutine[Any, Any, None]) -> None:
+async def _after_posted(loop: BackgroundLoop, closing: Coroutine[Any, Any, object]) -> None:
     """``closing``, once the calls posted before it came in (so it waits for them)."""
     loop.run_posted()
     await closing
