@@ -20,7 +20,7 @@ import cloudpickle
 import pytest
 
 from flame_testkit import ClusterThread
-from flamepy import AsyncRunner, FlameTimeoutError, Runner, TaskCancelledError
+from flamepy import AsyncRunner, FlameTimeoutError, RemoteError, Runner, TaskCancelledError
 from flamepy.core.cache import ObjectRef, get_object
 from flamepy.runner._batch import MAX_BATCH_CALLS
 
@@ -92,6 +92,14 @@ def check(x):
     if x % 7 == 3:
         raise Boom(f"bad {x}")
     return x
+
+
+def blob(i, n=200_000):
+    return bytes([i % 256]) * n
+
+
+def shout(n):
+    raise Boom("x" * n)
 
 
 class Log:
@@ -391,3 +399,28 @@ def test_a_stateful_service_keeps_order_when_a_call_must_wait(lib: ModuleType) -
         futures = [log.push(0), log.push(nap(0.5)), log.push(2), log.push(big), log.push(4)]
         assert rr.get(futures, WAIT) == [2, 3, 4, 5, 6]
         assert log.items().get(WAIT) == [-1, 0, 0.5, 2, big, 4]
+
+
+def test_a_batch_of_large_results_stays_under_the_4_mib_output_limit(lib: ModuleType) -> None:
+    """64 results of 200 KB, each small enough to come back inline, ride in batches
+    far over 4 MiB: flmrun sends the largest through the cache instead (T2)."""
+    with Runner(_app()) as rr:
+        blob = rr.service(lib.blob)
+        assert blob(0, 10).get(WAIT) == b"\x00" * 10  # learns that flmrun runs batches
+        before = blob._core.batcher.tasks_sent
+        values = rr.get([blob(i) for i in range(64)], timeout=WAIT)
+        assert values == [bytes([i]) * 200_000 for i in range(64)]
+        assert blob._core.batcher.tasks_sent - before < 20  # they did ride in batches
+
+
+def test_a_huge_exception_message_is_cut_not_lost(lib: ModuleType) -> None:
+    with Runner(_app()) as rr:
+        shout = rr.service(lib.shout)
+        with pytest.raises(RemoteError) as info:
+            shout(6_000_000).get(WAIT)  # its pickle alone is over 4 MiB
+        assert info.value.type_name.endswith(".Boom")
+        assert "(cut)" in str(info.value)
+        failed = [shout(3_000_000) for _ in range(3)]  # a batch of large errors
+        for future in failed:
+            with pytest.raises((lib.Boom, RemoteError)):
+                future.get(WAIT)

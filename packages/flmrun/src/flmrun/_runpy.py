@@ -69,18 +69,34 @@ def _bson_ref(value: bytes) -> ObjectRef | None:
         return None
 
 
-def error_output(exc: BaseException) -> bytes:
-    """``FLME`` + pickle((exception or None, type name, message, traceback text))."""
+OUTPUT_BUDGET = 4 * 1024 * 1024 - 64 * 1024
+"""A real executor manager fails a task whose result is over 4 MiB (T2 of
+flame-server-semantics.md): every task output stays under this; large values go
+through the cache, and an oversized error is cut down."""
+SHORT_ERROR = 2048
+"""Characters of message and of traceback kept when an error output is cut down."""
+
+
+def error_output(exc: BaseException, limit: int = OUTPUT_BUDGET) -> bytes:
+    """``FLME`` + pickle((exception or None, type name, message, traceback text)).
+
+    Over ``limit`` bytes, the exception object is left out and the message and the
+    traceback are cut to their first and last :data:`SHORT_ERROR` characters."""
     kind = type(exc)
     type_name = kind.__qualname__
     if kind.__module__ != "builtins":
         type_name = f"{kind.__module__}.{type_name}"
     text = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
+    message = str(exc)
     try:
-        payload: bytes = cloudpickle.dumps((exc, type_name, str(exc), text))
+        payload: bytes = cloudpickle.dumps((exc, type_name, message, text))
         pickle.loads(payload)  # it must load again on the client
     except Exception:
-        payload = cloudpickle.dumps((None, type_name, str(exc), text))
+        payload = cloudpickle.dumps((None, type_name, message, text))
+    if len(payload) + 4 > limit:
+        short = message[:SHORT_ERROR] + (" ... (cut)" if len(message) > SHORT_ERROR else "")
+        tail = text[-SHORT_ERROR:]
+        payload = pickle.dumps((None, type_name, short, tail), protocol=pickle.HIGHEST_PROTOCOL)
     return ERROR_RESULT_MAGIC + payload
 
 
@@ -197,7 +213,24 @@ class RunpyService(FlameService):
         self._save_state()
         if len(outputs) == 1 and not results[0][0]:
             raise TaskFailure(results[0][1], outputs[0])
+        self._fit(outputs, results)
         return BATCH_RESULT_MAGIC + pickle.dumps(outputs, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _fit(self, outputs: list[bytes], results: list[tuple[bool, Any]]) -> None:
+        """Keep a batch's output under :data:`OUTPUT_BUDGET`: the largest inline
+        results go to the cache (their output becomes an ObjectRef), the largest
+        errors are cut down."""
+        total = sum(len(o) for o in outputs) + 16 * len(outputs)
+        for i in sorted(range(len(outputs)), key=lambda k: -len(outputs[k])):
+            if total <= OUTPUT_BUDGET:
+                return
+            ok, value = results[i]
+            before = len(outputs[i])
+            if ok and outputs[i].startswith(INLINE_RESULT_MAGIC):
+                outputs[i] = put_object(self._prefix, value).encode()
+            elif not ok:
+                outputs[i] = error_output(value, limit=0)
+            total += len(outputs[i]) - before
 
     def _call(self, request: RunnerRequest, earlier: list[tuple[bool, Any]]) -> Any:
         args, kwargs = self._resolve(request, earlier)

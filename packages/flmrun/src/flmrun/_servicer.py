@@ -58,6 +58,16 @@ def format_error(exc: BaseException) -> str:
 
 
 _PLUMBING = {__file__, concurrent.futures._base.__file__, asyncio.tasks.__file__}
+MESSAGE_LIMIT = 64 * 1024
+"""Characters of a failure text kept in a TaskResult (its head and its tail), so that
+a huge exception message cannot push the reply over the 4 MiB limit."""
+
+
+def _bounded(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n... ({len(text) - limit} characters cut) ...\n{text[-half:]}"
 """Where the frames of flmrun's own plumbing come from: the calls, and the hand-over of
 a coroutine hook's exception from the event loop to the calling thread."""
 
@@ -213,11 +223,13 @@ class InstanceCore:
             except TaskFailure as failure:
                 logger.info("task %s failed: %r", ctx.task_id, failure.cause)
                 return types_pb2.TaskResult(
-                    return_code=-1, message=format_error(failure.cause), output=failure.output
+                    return_code=-1,
+                    message=_bounded(format_error(failure.cause)),
+                    output=failure.output,
                 )
             except BaseException as exc:
                 logger.info("task %s of session %s failed: %r", ctx.task_id, ctx.session_id, exc)
-                return types_pb2.TaskResult(return_code=-1, message=format_error(exc))
+                return types_pb2.TaskResult(return_code=-1, message=_bounded(format_error(exc)))
             return _task_result(ctx, output)
 
     def leave(self, reason: str = "OnSessionLeave") -> types_pb2.Result:
