@@ -27,7 +27,10 @@ import _workloads
 
 MARK = "@@BENCH "
 GROUPS = ("cold", "calls", "actor", "data", "scale")
-SYSTEMS = ("flame", "ray", "dask")
+SYSTEMS = ("flame", "flame-remote", "ray", "dask")
+OURS = ("flame", "flame-remote")
+"""``flame``: the embedded cluster, in the client's process; ``flame-remote``: a
+``flame-local up`` in its own process, over gRPC and Flight only, as a real cluster."""
 PEERS = ("ray", "dask")
 MAX_ERROR_TEXT = 400
 """Characters of a failure message kept in the report."""
@@ -110,6 +113,8 @@ class Metric:
     group: str
     info: bool = False
     """Context only: shown, but not required by --quick and not a target."""
+    systems: tuple[str, ...] | None = None
+    """The systems that report it (None: all)."""
 
 
 def short(n: int) -> str:
@@ -124,6 +129,22 @@ def catalog(sizes: Sizes) -> list[Metric]:
         Metric("a_popen_s", "a cold start: Popen -> 1st result", "s", "lower", "cold", True),
         Metric("a_exit_s", "a 1st result -> process exit", "s", "lower", "cold", True),
         Metric("b_seq_us", f"b sequential no-op round trip (x{sizes.seq})", "us", "lower", "calls"),
+        Metric(
+            "floor_task_us",
+            f"floor: bare grpcio CreateTask+WatchTask (x{sizes.seq})",
+            "us",
+            "lower",
+            "calls",
+            systems=("flame-remote",),
+        ),
+        Metric(
+            "floor_echo_us",
+            f"floor: bare grpcio echo server+client (x{sizes.seq})",
+            "us",
+            "lower",
+            "calls",
+            systems=("flame-remote",),
+        ),
         Metric(
             "c_batch_cps", f"c {sizes.batch} no-op calls, then gather", "calls/s", "higher", "calls"
         ),
@@ -349,6 +370,12 @@ class Harness:
 
         with reporting("b_seq_us"):
             emit("b_seq_us", self.repeat(seq))
+
+        floors = getattr(a, "floors", None)
+        if floors is not None:  # the protocol's own cost, on the same server
+            for name, measure in floors(s.seq).items():
+                with reporting(name):
+                    emit(name, self.repeat(measure, warm=True))
 
         submit_s: list[float] = []
 

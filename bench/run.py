@@ -36,6 +36,7 @@ from typing import Any
 from _common import (
     GROUPS,
     MARK,
+    OURS,
     PEERS,
     SYSTEMS,
     Metric,
@@ -130,7 +131,7 @@ def run_system(system: str, group: str, repeat: int, opts: argparse.Namespace) -
     home.mkdir()
     project.mkdir()
     (project / "bench_app.py").write_text(PROJECT_MODULE)
-    cmd = [sys.executable, str(HERE / f"_{system}.py"), "--group", group]
+    cmd = [sys.executable, str(HERE / f"_{system.replace('-', '_')}.py"), "--group", group]
     if opts.quick:
         cmd.append("--quick")
     if opts.repeats is not None:
@@ -138,7 +139,7 @@ def run_system(system: str, group: str, repeat: int, opts: argparse.Namespace) -
     if opts.scale:
         cmd += ["--scale", ",".join(map(str, opts.scale))]
     stdout_path, stderr_path = scratch / "stdout.log", scratch / "stderr.log"
-    print(f"  {group:5} {system:5} ...", end="", flush=True)
+    print(f"  {group:5} {system:12} ...", end="", flush=True)
     with open(stdout_path, "wb") as stdout, open(stderr_path, "wb") as stderr:
         popen_wall = time.time()
         start = time.perf_counter()
@@ -227,6 +228,8 @@ def collect(runs: list[Run], metrics: list[Metric], systems: list[str]) -> dict[
                 cell["extra"].append(extra)
     for metric in metrics:
         for system in systems:
+            if metric.systems is not None and system not in metric.systems:
+                continue
             cell = table[metric.id].setdefault(system, {"values": [], "extra": []})
             if cell["values"]:
                 cell.update(summarize(cell["values"], metric.better))
@@ -256,26 +259,63 @@ class Target:
 
 
 def ratio_check(
-    metric: str, peer: str, factor: float, better: str
+    metric: str,
+    peer: str,
+    factor: float,
+    better: str,
+    system: str = "flame",
+    peer_metric: str | None = None,
 ) -> Callable[[dict[str, Any]], tuple[bool | None, str]]:
-    """ours <= factor x peer (lower is better) or ours >= factor x peer (higher)."""
+    """ours <= factor x peer (lower is better) or ours >= factor x peer (higher);
+    ``peer_metric`` compares with another metric of the peer (a floor)."""
 
     def check(table: dict[str, Any]) -> tuple[bool | None, str]:
-        ours, theirs = median_of(table, metric, "flame"), median_of(table, metric, peer)
+        ours = median_of(table, metric, system)
+        theirs = median_of(table, peer_metric or metric, peer)
         if ours is None or theirs is None or theirs == 0:
             return None, "missing"
         ratio = ours / theirs
         ok = ratio <= factor if better == "lower" else ratio >= factor
-        return ok, f"{ratio:.2f}x {peer}"
+        return ok, f"{ratio:.2f}x {peer_metric or peer}"
 
     return check
 
 
-def vs_ray(label: str, metric: str, factor: float, better: str, group: str) -> Target:
+def vs_ray(
+    label: str, metric: str, factor: float, better: str, group: str, system: str = "flame"
+) -> Target:
     op = "<=" if better == "lower" else ">="
+    prefix = "" if system == "flame" else f"[{system}] "
     return Target(
-        f"{label} {op} {factor:g}x Ray", group, ratio_check(metric, "ray", factor, better)
+        f"{prefix}{label} {op} {factor:g}x Ray",
+        group,
+        ratio_check(metric, "ray", factor, better, system),
     )
+
+
+def remote_targets() -> list[Target]:
+    """The real path: a separate flame-local up, over gRPC and Flight only."""
+    r = "flame-remote"
+    return [
+        vs_ray("b sequential round trip", "b_seq_us", 0.8, "lower", "calls", r),
+        Target(
+            f"[{r}] b <= 1.1x its CreateTask+WatchTask floor",
+            "calls",
+            ratio_check("b_seq_us", r, 1.1, "lower", r, peer_metric="floor_task_us"),
+        ),
+        Target(
+            f"[{r}] floor <= 2.6x the bare grpcio echo",
+            "calls",
+            ratio_check("floor_task_us", r, 2.6, "lower", r, peer_metric="floor_echo_us"),
+        ),
+        vs_ray("c batch throughput", "c_batch_cps", 10.0, "higher", "calls", r),
+        vs_ray("d stateful throughput", "d_actor_cps", 5.0, "higher", "actor", r),
+        vs_ray("e bytes as argument", "e_bytes_arg_MBps", 1.0, "higher", "data", r),
+        vs_ray("e numpy as argument", "e_numpy_arg_MBps", 1.0, "higher", "data", r),
+        vs_ray("e bytes as return value", "e_bytes_ret_MBps", 1.0, "higher", "data", r),
+        vs_ray("e numpy as return value", "e_numpy_ret_MBps", 1.0, "higher", "data", r),
+        vs_ray("f chain, per hop", "f_chain_us", 0.5, "lower", "calls", r),
+    ]
 
 
 def cold_target() -> Target:
@@ -332,6 +372,7 @@ def targets(sizes: Sizes) -> list[Target]:
         vs_ray("e numpy as return value", "e_numpy_ret_MBps", 1.0, "higher", "data"),
         vs_ray("f chain, per hop", "f_chain_us", 0.5, "lower", "calls"),
         *scale_targets(sizes),
+        *remote_targets(),
     ]
 
 
@@ -390,7 +431,7 @@ def render(table: dict[str, Any], metrics: list[Metric], systems: list[str], siz
         f"{m.id} [{s}]: {table[m.id][s]['missing']}"
         for m in metrics
         for s in systems
-        if "missing" in table[m.id][s]
+        if "missing" in table[m.id].get(s, {})
     ]
     if missing:
         lines.append("")
@@ -532,12 +573,20 @@ def main() -> int:
     print(f"results: {out}")
     # Ours must all give a number, and each must be comparable with some peer; a
     # peer failing at one size is a result (listed under "missing"), not an error.
-    ours = [m.id for m in metrics if not m.info and "missing" in table[m.id].get("flame", {})]
-    peers = [s for s in systems if s != "flame"]
+    ours = [
+        f"{m.id} [{s}]"
+        for m in metrics
+        for s in OURS
+        if not m.info and "missing" in table[m.id].get(s, {})
+    ]
+    peers = [s for s in systems if s in PEERS]
     alone = [
         m.id
         for m in metrics
-        if not m.info and peers and all("missing" in table[m.id][s] for s in peers)
+        if not m.info
+        and m.systems is None
+        and peers
+        and all("missing" in table[m.id].get(s, {"missing": 1}) for s in peers)
     ]
     if ours or alone:
         print(

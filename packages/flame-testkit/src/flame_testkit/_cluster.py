@@ -100,7 +100,8 @@ class LocalClusterConfig:
     """Cache persistence: None (memory only), a directory, or fs:// / file:// URL."""
     cache_max_memory: int | None = None
     cache_compression: str | None = REPLY_COMPRESSION
-    """Of the cache's reply bodies: ``"zstd"`` as Flame's cache, or None (plain)."""
+    """Of the cache's reply bodies on TCP: ``"zstd"`` as Flame's cache, or None
+    (plain).  A cluster on Unix sockets sends them plain: its clients are local."""
     cache_local_transfer: bool = False
     """Let clients on this host hand payloads over as files on /dev/shm."""
     tls_cert: Path | None = None
@@ -275,7 +276,9 @@ class LocalCluster:
                 storage=self.config.cache_storage,
                 max_memory=self.config.cache_max_memory or DEFAULT_MAX_MEMORY,
                 tls=tls,
-                compression=self.config.cache_compression,
+                # On Unix sockets every client is on this machine: compressing costs
+                # CPU and saves nothing.
+                compression=self.config.cache_compression if tcp else None,
                 local_transfer=self.config.cache_local_transfer,
                 unix_path=None if tcp else str(self.socket_dir / "cache.sock"),
                 token=self.token,
