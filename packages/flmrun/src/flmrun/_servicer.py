@@ -58,6 +58,8 @@ def format_error(exc: BaseException) -> str:
 
 
 _PLUMBING = {__file__, concurrent.futures._base.__file__, asyncio.tasks.__file__}
+"""Where the frames of flmrun's own plumbing come from: the calls, and the hand-over of
+a coroutine hook's exception from the event loop to the calling thread."""
 MESSAGE_LIMIT = 64 * 1024
 """Characters of a failure text kept in a TaskResult (its head and its tail), so that
 a huge exception message cannot push the reply over the 4 MiB limit."""
@@ -68,8 +70,6 @@ def _bounded(text: str, limit: int = MESSAGE_LIMIT) -> str:
         return text
     half = limit // 2
     return f"{text[:half]}\n... ({len(text) - limit} characters cut) ...\n{text[-half:]}"
-"""Where the frames of flmrun's own plumbing come from: the calls, and the hand-over of
-a coroutine hook's exception from the event loop to the calling thread."""
 
 
 class _Worker:
