@@ -10,6 +10,7 @@ holding only ``ours/runner_snippet.py``.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,9 +155,8 @@ def test_our_runner_other_wire_paths_on_the_peer_runpy(
     assert extras["keyword_future"] == 42
     assert extras["shared_ref"] == 101
     # Results are always stored in the cache by the peer under <app>/<session>.
-    assert (
-        extras["result_ref"]["key"].startswith(f"{name}/") and extras["result_ref"]["version"] == 1
-    )
+    assert re.match(rf"{name}-[0-9a-f]{{8}}/", extras["result_ref"]["key"])  # <app>-<suffix>/
+    assert extras["result_ref"]["version"] == 1
     # Incompatibility pinned: our Runner replaces futures nested in containers by
     # ObjectRefs, but the peer runpy resolves only top-level arguments, so the callee
     # receives the peer's ObjectRef instead of the value (our flmrun resolves it).

@@ -152,17 +152,17 @@ def test_the_async_runner(userlib: ModuleType) -> None:
     async def main() -> int:
         async with AsyncRunner(_name("e2e")) as rr:
             add = rr.service(userlib.add)
-            value: int = await add(20, 22)
+            value: int = (await add(20, 22)).get()
             return value
 
     assert asyncio.run(main()) == 42
 
 
 def test_a_runner_cleans_up_after_itself(userlib: ModuleType) -> None:
-    name = _name("e2e")
-    with Runner(name) as rr:
+    with Runner(_name("e2e")) as rr:
         future = rr.service(userlib.blob)(2 * MIB)
         ref = future.ref(WAIT)  # kept in the cache until the Runner closes
+        name = rr.application
         assert flamepy.get_application(name) is not None
     assert flamepy.get_application(name) is None
     mine = [s for s in flamepy.list_sessions() if s.application == name]

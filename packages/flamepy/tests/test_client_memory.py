@@ -1,6 +1,7 @@
-"""The client's memory policy: from its first large value on, freed memory is kept,
-so the next large ``bytes`` lands in pages the process already has; and the copy
-into a new value asks for huge pages."""
+"""The client's memory policy, opt-in (``FLAME_HEAP_KEEP``): from its first large
+value on, freed memory is kept, so the next large ``bytes`` lands in pages the
+process already has; and the copy into a new value asks for huge pages.  Unasked,
+the allocator stays the user's."""
 
 from __future__ import annotations
 
@@ -55,9 +56,22 @@ def _probe(env: dict[str, str], *args: str) -> tuple[list[int], str, str]:
 
 @glibc
 def test_after_the_first_large_value_the_next_ones_reuse_its_pages() -> None:
-    faults, applied, _ = _probe({"FLAME_HEAP_KEEP": ""}, "large")
+    faults, applied, _ = _probe({"FLAME_HEAP_KEEP": str(1 << 30)}, "large")
     assert applied == "True"
     assert faults[1] < PAGES // 20 and faults[2] < PAGES // 20
+
+
+@glibc
+def test_case9_unasked_the_allocator_stays_the_users() -> None:
+    """Case 9 of the Runner correctness issue: no FLAME_HEAP_KEEP, no mallopt."""
+    env = {k: v for k, v in os.environ.items() if k != "FLAME_HEAP_KEEP"}
+    run = subprocess.run(
+        [sys.executable, "-c", PROBE, "large"], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert run.returncode == 0, run.stderr
+    out = run.stdout.split()
+    assert out[3] == "False"  # chosen: glibc's defaults
+    assert min(int(n) for n in out[:3]) > PAGES // 1000  # every large value is new memory
 
 
 @glibc

@@ -112,3 +112,24 @@ def test_instances_die_with_a_killed_client(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+CAPACITY = """
+import flamepy
+print(flamepy.list_nodes()[0].capacity.cpu)
+"""
+
+
+def test_the_embedded_capacity_comes_from_flame_local_capacity(tmp_path: Path) -> None:
+    env = {**_clean_env(tmp_path), "FLAME_LOCAL_CAPACITY": "3"}
+    proc = subprocess.run(
+        [sys.executable, "-c", CAPACITY], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "3"
+    env["FLAME_LOCAL_CAPACITY"] = "lots"
+    bad = subprocess.run(
+        [sys.executable, "-c", CAPACITY], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert bad.returncode != 0
+    assert "FLAME_LOCAL_CAPACITY='lots'" in bad.stderr and "whole number" in bad.stderr

@@ -21,7 +21,8 @@ EXPECTED = {
     "list_executors", "list_nodes", "list_sessions", "open_session", "register_application",
     "unregister_application", "ObjectRef", "delete_objects", "download_object", "get_object",
     "patch_object", "put_object", "update_object", "upload_object", "AsyncRunner",
-    "FlameAsyncRunner", "FlameRunner", "ObjectExpr", "ObjectFuture", "RemoteError", "Runner",
+    "FlameAsyncRunner", "FlameRunner", "ObjectExpr", "ObjectFuture", "ObjectResult",
+    "RemoteError", "Runner",
 }  # fmt: skip
 
 # Signatures of Flame's own SDK (0.6) that user code calls.

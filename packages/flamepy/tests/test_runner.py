@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import subprocess
 import sys
 import threading
 import time
@@ -65,6 +66,14 @@ def listing():
     )
 
 
+def pid_after(seconds):
+    import os
+    import time
+
+    time.sleep(seconds)
+    return os.getpid()
+
+
 def version():
     return VERSION
 
@@ -99,6 +108,33 @@ class Unpicklable(Exception):
 
 def fail_unpicklable():
     raise Unpicklable()
+
+
+class NeedsTwo(Exception):
+    def __init__(self, code, detail):
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+def fail_two():
+    raise NeedsTwo(7, "broken")
+
+
+def blob(n, i):
+    return bytes([i]) * n
+
+
+def small_array(n):
+    import numpy as np
+
+    return np.arange(n, dtype=np.int32)
+
+
+def small_table(n):
+    import pyarrow as pa
+
+    return pa.table({"x": list(range(n))})
 
 
 class Holder:
@@ -152,21 +188,62 @@ def test_the_snippet_with_async_runner(project: tuple[Path, ModuleType]) -> None
 
     async def main() -> list[int]:
         async with AsyncRunner(_app()) as rr:
-            out = [await rr.service(lib.add)(1, 2)]
+            out = [await rr.service(lib.add)(1, 2).get()]
             c = rr.service(lib.Counter)
             c.add(1)
             c.add(3)
-            out.append(await c.get_counter())
+            out.append(await c.get_counter().get())
             o = rr.service(lib.Counter(10))
             o.add(1)
             o.add(3)
             r = o.get_counter()
-            out.append(await r)
+            out.append((await r).get())
             o.add(r)
-            out.append(await o.get_counter())
+            out.append(await o.get_counter().get())
             return out
 
     assert asyncio.run(main()) == [3, 4, 14, 28]
+
+
+SEED_ASYNC = """
+import asyncio
+from flamepy import FlameAsyncRunner
+
+
+def sum(a: int, b: int) -> int:  # as the seed documents define it
+    return a + b
+
+
+async def main():
+    async with FlameAsyncRunner("test") as runner:
+        sum_s = runner.service(sum)
+        res_r = await sum_s(1, 2)
+        print(res_r.get()) # The output is 3
+
+asyncio.run(main())
+"""
+
+
+def test_case6_the_seeds_async_snippet_runs_verbatim(
+    project: tuple[Path, ModuleType], flame_env: ClusterThread
+) -> None:
+    """Case 6 of the Runner correctness issue: ``await svc(...)`` is still an
+    ObjectExpr-like result: ``.get()`` is the value, and it passes by reference."""
+    root, lib = project
+    (root / "seed_async.py").write_text(SEED_ASYNC)
+    proc = subprocess.run(
+        [sys.executable, "seed_async.py"], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["3"]
+
+    async def by_reference() -> tuple[int, bool]:
+        async with AsyncRunner(_app()) as rr:
+            blob = await rr.service(lib.total)([1, 2, 3])
+            chained = await rr.service(lib.add)(blob, 10).get()
+            return chained, isinstance(blob, flamepy.ObjectResult)
+
+    assert asyncio.run(by_reference()) == (16, True)
 
 
 def test_class_instantiated_remotely_with_constructor_arguments(
@@ -288,6 +365,35 @@ def test_remote_exception_keeps_its_type_and_traceback(project: tuple[Path, Modu
             rr.service(lib.fail_unpicklable)().get(WAIT)
         assert remote.value.type_name.endswith("Unpicklable")
         assert "holds a lock" in remote.value.message
+        assert isinstance(remote.value.__cause__, RemoteTraceback)  # shown as the cause
+        assert "in fail_unpicklable" in remote.value.__cause__.text
+
+
+def test_case7_exceptions_and_arguments_are_handled_clearly(
+    project: tuple[Path, ModuleType], tmp_path: Path
+) -> None:
+    """Case 7 of the Runner correctness issue: an exception whose constructor takes
+    other arguments comes back as itself, with its remote traceback as the cause;
+    arguments that mean nothing remotely are refused, naming the argument."""
+    _, lib = project
+    with Runner(_app()) as rr:
+        with pytest.raises(lib.NeedsTwo, match="7: broken") as info:
+            rr.service(lib.fail_two)().get(WAIT)
+        assert (info.value.code, info.value.detail) == (7, "broken")
+        assert isinstance(info.value.__cause__, RemoteTraceback)
+        assert "in fail_two" in info.value.__cause__.text
+        add = rr.service(lib.add)
+        (tmp_path / "data.txt").write_text("text")
+        with (
+            open(tmp_path / "data.txt") as fh,
+            pytest.raises(InvalidArgumentError, match=r"argument args\[0\] is an open file"),
+        ):
+            add(fh, 1)
+        with pytest.raises(InvalidArgumentError, match=r"argument b\[1\] is a lock"):
+            add(1, b=[2, threading.Lock()])
+        with pytest.raises(InvalidArgumentError, match="is a generator"):
+            add(i for i in range(3))
+        assert add(1, 2).get(WAIT) == 3  # the service still works
 
 
 def test_unpicklable_service_fails_before_submission(
@@ -300,7 +406,8 @@ def test_unpicklable_service_fails_before_submission(
             rr.service(lib.Holder())
         assert "Holder.config['guard']" in info.value.message
         assert "lock" in info.value.message
-        assert not [s for s in flame_connection.list_sessions() if s.application == name]
+        app = rr.application
+        assert not [s for s in flame_connection.list_sessions() if s.application == app]
 
 
 def test_missing_template_is_a_clear_error(project: tuple[Path, ModuleType]) -> None:
@@ -316,13 +423,20 @@ def test_missing_storage_directory_is_a_clear_error(
         Runner(_app(), storage=missing.as_uri())
 
 
-def test_duplicate_name_with_fail_if_exists(project: tuple[Path, ModuleType]) -> None:
+def test_two_runners_of_one_name_keep_apart(project: tuple[Path, ModuleType]) -> None:
+    """Case 2 of the Runner correctness issue: each Runner registers its own
+    application, so neither runs the other's code or cleans up the other's session."""
+    _, lib = project
     name = _app()
-    with Runner(name):
+    with Runner(name) as first:
+        assert first.application.startswith(f"{name}-")
         with pytest.raises(AlreadyExistsError, match=name):
             Runner(name, fail_if_exists=True)
-        with Runner(name) as reused:  # reuse without taking ownership
-            assert reused.package_url is None
+        with Runner(name) as second:
+            assert second.application != first.application
+            assert second.service(lib.add)(1, 2).get(WAIT) == 3
+        # The second one's exit removed only its own application and session.
+        assert first.service(lib.add)(2, 2).get(WAIT) == 4
 
 
 def test_nothing_is_left_after_exit(
@@ -340,6 +454,7 @@ def test_nothing_is_left_after_exit(
         o.add(1)
         rr.put_object({"shared": True})
         assert o.get_counter().get(WAIT) == 2
+        name = rr.application
         sessions = [s.id for s in flame_connection.list_sessions() if s.application == name]
     assert flame_connection.get_application(name) is None
     assert list(store.iterdir()) == []
@@ -358,14 +473,17 @@ def test_failure_inside_with_block_still_cleans_up(
     _, lib = project
     name = _app()
 
+    registered: list[str] = []
+
     def use_and_fail() -> None:
         with Runner(name) as rr:
+            registered.append(rr.application)
             rr.service(lib.add)(1, 1).get(WAIT)
             raise RuntimeError("user bug")
 
     with pytest.raises(RuntimeError, match="user bug"):
         use_and_fail()
-    assert flame_connection.get_application(name) is None
+    assert flame_connection.get_application(registered[0]) is None
 
 
 def test_thousand_futures_in_flight_need_no_threads(project: tuple[Path, ModuleType]) -> None:
@@ -463,3 +581,100 @@ def test_http_package_storage(project: tuple[Path, ModuleType]) -> None:
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+def test_case1_class_state_survives_a_burst_on_another_service(
+    project: tuple[Path, ModuleType], flame_env: ClusterThread
+) -> None:
+    """Case 1 of the Runner correctness issue: a burst on another service takes every
+    instance, the class service's idle instance is released for it, and its state
+    comes back from the cache on the next instance instead of starting from 0."""
+    _, lib = project
+    with Runner(_app()) as rr:
+        counter = rr.service(lib.Counter)
+        for n in (1, 2, 3):
+            counter.add(n)
+        first = counter.get_counter().get(WAIT)
+        assert first == 6
+        capacity = flame_env.cluster.config.capacity
+        slow = rr.service(lib.pid_after)
+        pids = rr.get([slow(0.5) for _ in range(2 * capacity)], WAIT)
+        assert len(set(pids)) == capacity  # the burst had every instance
+        assert counter.get_counter().get(WAIT) == 6
+        counter.add(4)
+        assert counter.get_counter().get(WAIT) == 10
+
+
+def test_case9_small_numpy_and_arrow_results_come_back_inline(
+    project: tuple[Path, ModuleType],
+) -> None:
+    """Case 9 (an untested path): small numpy and Arrow results are decoded from the
+    task's inline output, not fetched from the cache."""
+    import numpy as np
+    import pyarrow as pa
+
+    _, lib = project
+    with Runner(_app()) as rr:
+        array = rr.service(lib.small_array)(10)
+        table = rr.service(lib.small_table)(5)
+        value = array.get(WAIT)
+        assert isinstance(value, np.ndarray) and value.dtype == np.int32
+        assert value.tolist() == list(range(10))
+        assert array._call.result.result().inline  # it came back in the task output
+        got = table.get(WAIT)
+        assert isinstance(got, pa.Table) and got.column("x").to_pylist() == [0, 1, 2, 3, 4]
+        assert table._call.result.result().inline
+
+
+def test_case9_a_call_whose_session_closed_before_it_ran_is_cancelled(
+    project: tuple[Path, ModuleType],
+    flame_connection: flamepy.Connection,
+    flame_env: ClusterThread,
+) -> None:
+    """Case 9 (an untested path): the call's task is Cancelled, and the future says so."""
+    _, lib = project
+    capacity = flame_env.cluster.config.capacity
+    with Runner(_app()) as rr:
+        hog = rr.service(lib.pid_after, warmup=capacity)
+        hogs = [hog(4) for _ in range(capacity)]  # every slot busy for 4 s
+        deadline = time.monotonic() + WAIT
+        while True:
+            sid = hog._core.opened_session_id()
+            if sid is not None and flame_connection.get_session(sid).running == capacity:
+                break
+            assert time.monotonic() < deadline, "the hogs never all ran"
+            time.sleep(0.01)
+        slow = rr.service(lib.pid_after)
+        future = slow(0)
+        deadline = time.monotonic() + WAIT
+        while True:  # its task exists, and no instance has taken it yet
+            mine = [s for s in flame_connection.list_sessions() if s.id == slow._core.session_id]
+            if mine and mine[0].pending == 1:
+                break
+            assert time.monotonic() < deadline, "the call's task never came"
+            time.sleep(0.005)
+        flame_connection.close_session(mine[0].id)
+        with pytest.raises(flamepy.TaskCancelledError):
+            future.get(WAIT)
+        assert len(rr.get(hogs, WAIT)) == capacity
+
+
+def test_case3_live_results_are_spilled_not_evicted(
+    project: tuple[Path, ModuleType], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Case 3 of the Runner correctness issue: three 30 MB results in a cache of
+    40 MB; the ones pushed out of memory are written to disk, not dropped."""
+    _, lib = project
+    config = LocalClusterConfig(cache_max_memory=40_000_000, delay_release=1)
+    with ClusterThread(config) as small:
+        for key, value in small.client_env({}).items():
+            monkeypatch.setenv(key, value)
+        with Runner(_app()) as rr:
+            blob = rr.service(lib.blob)
+            futures = [blob(30_000_000, i) for i in range(3)]
+            rr.wait(futures, WAIT)
+            for i, future in enumerate(futures):
+                assert future.get(WAIT) == bytes([i]) * 30_000_000
+            assert small.cluster.cache is not None
+            assert small.cluster.cache.store.memory_used <= 2 * 30_000_000 + 4096
+    assert small.leftover_processes() == []

@@ -394,8 +394,11 @@ class CacheServer:
         *,
         unix_path: str | None = None,
         token: str | None = None,
+        spill: str | os.PathLike[str] | None = None,
     ) -> None:
-        """``compression``: of reply IPC bodies, ``"zstd"`` as Flame's cache does
+        """``spill``: without ``storage``, a directory where evicted objects are
+        written instead of being dropped (and read back from).
+        ``compression``: of reply IPC bodies, ``"zstd"`` as Flame's cache does
         (flame-cache §3); None sends them plain, which every IPC reader accepts.
         ``local_transfer``: offer same-host transfers through files in a directory
         on ``/dev/shm`` (``_cache_local``); clients elsewhere keep to Flight."""
@@ -411,6 +414,7 @@ class CacheServer:
         self._tls = tls
         self._unix_path = unix_path
         self._token = token
+        self._spill = spill
         self._server: CacheFlightServer | None = None
         self._store: ObjectStore | None = None
 
@@ -419,6 +423,9 @@ class CacheServer:
         if self._server is not None:
             raise RuntimeError("the cache server is already running")
         disk = DiskStorage(self.storage) if self.storage is not None else None
+        spill = None
+        if disk is None and self._spill is not None:
+            spill = DiskStorage(self._spill, fsync=False)  # a spill, not a durable copy
         local = LocalTransfer(default_parent()) if self.local_transfer else None
         try:
             store = ObjectStore(
@@ -427,6 +434,7 @@ class CacheServer:
                 eviction=self.eviction,
                 disk=disk,
                 watcher=local,
+                spill=spill,
             )
             self._server = CacheFlightServer(
                 store,

@@ -203,8 +203,11 @@ class ObjectStore:
     the count; with ``eviction="lru"`` the least recently used objects leave memory
     when a limit is exceeded.  The most recently used object always stays, even if
     it alone is larger than ``max_memory``.  With a ``disk`` backend every object
-    is loaded at construction and an evicted one is reloaded on its next use;
-    without one it is gone (later reads are NOT_FOUND).
+    is loaded at construction and an evicted one is reloaded on its next use.  With
+    a ``spill`` backend (and no ``disk``) objects are written only when they are
+    evicted, and reloaded from there: nothing a client may still read is dropped.
+    With neither, an evicted object is gone (later reads are NOT_FOUND), as with
+    Flame's own cache and storage ``none`` (C1).
     """
 
     def __init__(
@@ -215,6 +218,7 @@ class ObjectStore:
         eviction: EvictionPolicy = "lru",
         disk: DiskBackend | None = None,
         watcher: StoreWatcher | None = None,
+        spill: DiskBackend | None = None,
     ) -> None:
         if max_memory <= 0:
             raise ValueError(f"max_memory must be positive, got {max_memory}")
@@ -226,6 +230,9 @@ class ObjectStore:
         self.max_objects = max_objects
         self.eviction = eviction
         self.disk = disk
+        self.spill = spill if disk is None else None
+        self._spilled: set[str] = set()
+        """Keys whose newest state is only in ``spill``."""
         self.watcher = watcher
         self._objects: OrderedDict[str, CacheObject] = OrderedDict()
         self._used = 0
@@ -326,16 +333,27 @@ class ObjectStore:
     def delete(self, target: str) -> int:
         """Delete a key, a session prefix or ``<app>/*``; returns how many were in memory."""
         key = parse_key(target, wildcard=True)
+        prefix = None
+        if key.object_id is None:
+            prefix = f"{key.app}/" if key.session == WILDCARD else f"{key}/"
         with self._lock:
-            if key.object_id is not None:
+            if prefix is None:
                 doomed = [str(key)] if str(key) in self._objects else []
             else:
-                prefix = f"{key.app}/" if key.session == WILDCARD else f"{key}/"
                 doomed = [k for k in self._objects if k.startswith(prefix)]
             for name in doomed:
                 self._forget(self._objects.pop(name))
             if self.disk is not None:
                 self.disk.delete(key)
+            if self.spill is not None:
+                gone = {
+                    k
+                    for k in self._spilled
+                    if k == str(key) or (prefix is not None and k.startswith(prefix))
+                }
+                if gone:
+                    self._spilled -= gone
+                    self.spill.delete(key)
             log.debug("delete %s: %d object(s) in memory", key, len(doomed))
             return len(doomed)
 
@@ -356,9 +374,12 @@ class ObjectStore:
         if obj is not None:
             self._objects.move_to_end(name)
             return obj
-        if self.disk is None:
+        backend = self.disk
+        if backend is None and self.spill is not None and name in self._spilled:
+            backend = self.spill
+        if backend is None:
             return None
-        obj = self.disk.load(key)
+        obj = backend.load(key)
         if obj is not None:
             log.debug("reloaded %s from disk", key)
             self._insert(obj)
@@ -387,6 +408,17 @@ class ObjectStore:
             or (self.max_objects is not None and len(self._objects) > self.max_objects)
         ):
             name, obj = self._objects.popitem(last=False)
-            self._forget(obj)
             fate = "kept on disk" if self.disk is not None else "lost, no storage"
+            if self.spill is not None:
+                self._spill(obj)
+                fate = "spilled to disk"
+            self._forget(obj)
             log.info("evicted %s (%d bytes, %s)", name, obj.size, fate)
+
+    def _spill(self, obj: CacheObject) -> None:
+        """Write an evicted object (base and patches) to the spill backend."""
+        assert self.spill is not None
+        self.spill.write_base(obj)
+        for index, patch in enumerate(obj.patches):
+            self.spill.write_patch(obj.key, index, patch)
+        self._spilled.add(str(obj.key))

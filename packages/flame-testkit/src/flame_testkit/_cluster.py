@@ -99,6 +99,9 @@ class LocalClusterConfig:
     cache_storage: str | None = None
     """Cache persistence: None (memory only), a directory, or fs:// / file:// URL."""
     cache_max_memory: int | None = None
+    cache_spill: bool = True
+    """Without ``cache_storage``: write objects evicted from memory to the work dir
+    and read them back, instead of dropping what a client may still read."""
     cache_compression: str | None = REPLY_COMPRESSION
     """Of the cache's reply bodies on TCP: ``"zstd"`` as Flame's cache, or None
     (plain).  A cluster on Unix sockets sends them plain: its clients are local."""
@@ -282,6 +285,7 @@ class LocalCluster:
                 local_transfer=self.config.cache_local_transfer,
                 unix_path=None if tcp else str(self.socket_dir / "cache.sock"),
                 token=self.token,
+                spill=self.work_dir / "spill" if self.config.cache_spill else None,
             )
             # Its own thread, not the default pool: on the embedded cluster that pool is
             # shared with flamepy, whose threads may be waiting for this very start.

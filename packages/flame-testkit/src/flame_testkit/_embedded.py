@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 
 from flame_testkit._cluster import ClusterThread, LocalClusterConfig
+from flame_testkit._errors import ClusterConfigError
+from flame_testkit._executor import DEFAULT_CAPACITY
 from flamepy._loop import background_loop
 
 _lock = threading.Lock()
@@ -13,6 +16,27 @@ _cluster: ClusterThread | None = None
 
 EMBEDDED_DELAY_RELEASE = 5
 """Idle instances of the embedded cluster are released after 5 s, not 60 s."""
+EMBEDDED_KILL_GRACE = 2.0
+"""At the program's exit, an instance still busy gets 2 s after SIGTERM, then SIGKILL."""
+CAPACITY_ENV = "FLAME_LOCAL_CAPACITY"
+"""How many instances the embedded cluster runs at once (default: the CPU count)."""
+
+
+def embedded_capacity() -> int:
+    raw = (os.environ.get(CAPACITY_ENV) or "").strip()
+    if not raw:
+        return DEFAULT_CAPACITY
+    try:
+        capacity = int(raw)
+    except ValueError:
+        capacity = 0
+    if capacity < 1:
+        raise ClusterConfigError(
+            f"{CAPACITY_ENV}={raw!r}: give the number of instances the embedded cluster may "
+            "run at once, a whole number of 1 or more"
+        )
+    return capacity
+
 
 # Everything here runs on one machine: the cluster runs on flamepy's background loop,
 # flamepy calls the Frontend in-process, clients hand large payloads to the cache as
@@ -29,7 +53,9 @@ def embedded_cluster() -> ClusterThread:
                 shared = background_loop()  # stopped at exit after the cluster (LIFO)
                 cluster = ClusterThread(
                     LocalClusterConfig(
+                        capacity=embedded_capacity(),
                         delay_release=EMBEDDED_DELAY_RELEASE,
+                        kill_grace=EMBEDDED_KILL_GRACE,
                         in_process=True,
                         cache_compression=None,
                         cache_local_transfer=True,

@@ -151,6 +151,8 @@ class Executor:
     """Wakes the executor while it waits idle for a task."""
     reclaim: bool = False
     resreq: types_pb2.ResourceRequirement | None = None
+    cut_off: bool = False
+    """Stopped while running a task: its worker is busy, so leave is not asked for."""
 
     def poke(self) -> bool:
         """Wake the executor if it waits idle; whether it did."""
@@ -540,6 +542,7 @@ class ExecutorManager:
             else:
                 result = await ex.stub.OnTaskInvoke(context)
         except asyncio.CancelledError:
+            ex.cut_off = True
             self.state.complete_task(
                 task.session_id, task.id, -1, None, "the local cluster stopped while the task ran"
             )
@@ -601,7 +604,8 @@ class ExecutorManager:
         ex.state = types_pb2.ExecutorUnbinding
         if ex.tasks is not None:
             await ex.tasks.close()
-        if ex.stub is not None and ex.process is not None and ex.process.returncode is None:
+        alive = ex.process is not None and ex.process.returncode is None
+        if ex.stub is not None and alive and not ex.cut_off:  # a busy one would not answer
             try:
                 await ex.stub.OnSessionLeave(
                     types_pb2.EmptyRequest(),

@@ -89,6 +89,7 @@ from flamepy.runner import (
     FlameRunner,
     ObjectExpr,
     ObjectFuture,
+    ObjectResult,
     RemoteError,
     Runner,
 )
@@ -136,6 +137,7 @@ __all__ = [
     "ObjectExpr",
     "ObjectFuture",
     "ObjectRef",
+    "ObjectResult",
     "RemoteError",
     "ResourceRequirement",
     "Runner",

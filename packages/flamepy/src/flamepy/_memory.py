@@ -8,11 +8,14 @@ has taken the freed pages back (as a balloon with free page reporting does).
 Copying into memory the process already has costs 8-12 ms.
 
 :func:`keep_for_large_values` asks glibc (``mallopt``) to take large blocks from
-the heap rather than ``mmap``, and to keep up to ``FLAME_HEAP_KEEP`` bytes
-(default 1 GiB; ``0`` keeps glibc's defaults) of freed memory at the heap's top
-instead of returning it.  It runs the first time the process decodes a large
-value (a ``bytes`` of at least :data:`flamepy._copy.PARALLEL_MIN` bytes), so a
-process that never fetches one is never changed.  How the process's threads
+the heap rather than ``mmap``, and to keep up to ``FLAME_HEAP_KEEP`` bytes of
+freed memory at the heap's top instead of returning it.  The allocator is the
+user's: this is **opt-in** (set ``FLAME_HEAP_KEEP``, e.g. ``1073741824``; unset or
+``0`` leaves glibc's defaults), as a library must not change its host process
+globally unasked.  It runs the first time the process decodes a large value (a
+``bytes`` of at least :data:`flamepy._copy.PARALLEL_MIN` bytes), so a process that
+never fetches one is never changed.  flmrun's instances, which are our own
+processes, keep freed memory by default (``flmrun._memory``).  How the process's threads
 pick malloc arenas is left alone (the instance process, ``flmrun._memory``,
 also makes them share one).  The resident size then stays near its high-water
 mark up to the bound, as it would with jemalloc or tcmalloc.  Other C libraries
@@ -99,14 +102,19 @@ def _mallopt(keep: int) -> bool:
 
 
 def keep_for_large_values() -> None:
-    """The client's policy, applied once, before its first large value is decoded.
+    """The client's policy, applied once, before its first large value is decoded:
+    only when ``FLAME_HEAP_KEEP`` asks for it (opt-in).
 
     A bad ``FLAME_HEAP_KEEP`` is logged and glibc's defaults are kept: a fetch
     does not fail over a tuning knob."""
     if _applied is not None:
         return
+    raw = os.environ.get(CLIENT_HEAP_KEEP_ENV)
+    if raw is None or not raw.strip():
+        policy_chosen(False)  # not asked: the allocator stays the user's
+        return
     try:
-        keep = heap_keep_from_env(CLIENT_HEAP_KEEP_ENV, os.environ.get(CLIENT_HEAP_KEEP_ENV))
+        keep = heap_keep_from_env(CLIENT_HEAP_KEEP_ENV, raw)
     except ValueError as exc:
         logger.warning("%s; glibc's defaults are kept", exc)
         keep = 0

@@ -42,6 +42,7 @@ from flamepy.runner.types import (
     ERROR_RESULT_MAGIC,
     INLINE_ATTRIBUTE,
     INLINE_RESULT_MAGIC,
+    REBUILD_EXCEPTION,
     BatchSlot,
     RunnerContext,
     RunnerRequest,
@@ -92,12 +93,26 @@ def error_output(exc: BaseException, limit: int = OUTPUT_BUDGET) -> bytes:
         payload: bytes = cloudpickle.dumps((exc, type_name, message, text))
         pickle.loads(payload)  # it must load again on the client
     except Exception:
-        payload = cloudpickle.dumps((None, type_name, message, text))
+        payload = _rebuildable(exc, type_name, message, text)
     if len(payload) + 4 > limit:
         short = message[:SHORT_ERROR] + (" ... (cut)" if len(message) > SHORT_ERROR else "")
         tail = text[-SHORT_ERROR:]
         payload = pickle.dumps((None, type_name, short, tail), protocol=pickle.HIGHEST_PROTOCOL)
     return ERROR_RESULT_MAGIC + payload
+
+
+def _rebuildable(exc: BaseException, type_name: str, message: str, text: str) -> bytes:
+    """An exception that does not unpickle as itself (a constructor with other
+    arguments than its ``args``): its type, args and attributes, which the client
+    rebuilds without calling the constructor (``REBUILD_EXCEPTION``); or, when even
+    that cannot be pickled, no exception at all."""
+    shape = (REBUILD_EXCEPTION, type(exc), exc.args, dict(getattr(exc, "__dict__", {})))
+    try:
+        payload: bytes = cloudpickle.dumps((shape, type_name, message, text))
+        pickle.loads(payload)
+    except Exception:
+        payload = cloudpickle.dumps((None, type_name, message, text))
+    return payload
 
 
 def _decode_request(data: Any, what: str) -> RunnerRequest:

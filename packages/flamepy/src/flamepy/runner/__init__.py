@@ -5,7 +5,7 @@ everything else is private and re-exported here.
 """
 
 from flamepy._errors import RemoteError
-from flamepy.runner._future import AsyncObjectFuture, ObjectExpr, ObjectFuture
+from flamepy.runner._future import AsyncObjectFuture, ObjectExpr, ObjectFuture, ObjectResult
 from flamepy.runner._runner import (
     AsyncRunner,
     AsyncRunnerService,
@@ -24,6 +24,7 @@ __all__ = [
     "FlameRunner",
     "ObjectExpr",
     "ObjectFuture",
+    "ObjectResult",
     "RemoteError",
     "Runner",
     "RunnerContext",

@@ -260,6 +260,39 @@ class Batcher:
             await call.entered_future()
         return result
 
+    def cancel_queued(self, call: Call) -> bool:
+        """Take a call out of a batch not sent yet; it fails with TaskCancelledError.
+
+        Not when a call of that batch refers to another by its place in the batch
+        (a chain made at once): its place would change."""
+        batch = call.batch
+        if call.state is not CallState.QUEUED or batch is None:
+            return False
+        if any(c.slot_parent is not None for c in batch.calls):
+            return False
+        batch.calls.remove(call)
+        batch.nbytes -= len(call.data)
+        for i, other in enumerate(batch.calls):
+            other.index = i
+        if not batch.calls and batch in self._sealed:
+            self._sealed.remove(batch)
+        self._finish(call, error=TaskCancelledError("the call was cancelled before it ran"))
+        return True
+
+    def interrupt(self, error: BaseException) -> int:
+        """Stop: the calls not sent yet are dropped, and every call not answered yet
+        fails with ``error`` now (a task already running goes on, its answer is not
+        waited for).  Returns how many calls were sent and not answered."""
+        self._sealed.clear()
+        self._open = _Batch()
+        self._pending = MAX_PENDING_TASKS  # nothing more is sent
+        sent = sum(1 for call in self.live if call.state is CallState.SENT)
+        for call in list(self.live):
+            self._finish(call, error=error)
+        for task in list(self._tasks):
+            task.cancel()
+        return sent
+
     def abandon(self, call: Call, exc: BaseException) -> None:
         """``call`` failed before it was queued (a dependency failed, or the caller
         cancelled it): it will not run, and the calls waiting for it fail alike."""

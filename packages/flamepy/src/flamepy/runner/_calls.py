@@ -28,6 +28,7 @@ from flamepy.runner.types import (
     ERROR_RESULT_MAGIC,
     INLINE_ATTRIBUTE,
     INLINE_RESULT_MAGIC,
+    REBUILD_EXCEPTION,
     RunnerRequest,
 )
 
@@ -193,10 +194,29 @@ def failure_of_output(output: bytes, task: Task) -> BaseException:
         log.debug("cannot unpickle a remote exception", exc_info=True)
         message = task.failure_message() or "the call failed and its error could not be read"
         return TaskFailedError(message, session_id=task.session_id, task_id=task.id)
-    if isinstance(exc, BaseException):
-        exc.__cause__ = RemoteTraceback(remote_tb)
+    if isinstance(exc, tuple) and len(exc) == 4 and exc[0] == REBUILD_EXCEPTION:
+        exc = _rebuild(exc[1], exc[2], exc[3])
+    error: BaseException = (
+        exc if isinstance(exc, BaseException) else RemoteError(type_name, text, remote_tb)
+    )
+    error.__cause__ = RemoteTraceback(remote_tb)  # the remote traceback, always shown
+    return error
+
+
+def _rebuild(kind: Any, args: Any, state: Any) -> BaseException | None:
+    """An exception of ``kind`` with ``args`` and attributes ``state``, made without
+    calling its constructor (which may want other arguments); None if it cannot be."""
+    try:
+        if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+            return None
+        exc = kind.__new__(kind)
+        exc.args = tuple(args)
+        if isinstance(state, dict):
+            exc.__dict__.update(state)
         return exc
-    return RemoteError(type_name, text, remote_tb)
+    except Exception:
+        log.debug("cannot rebuild a remote %r", kind, exc_info=True)
+        return None
 
 
 class SubmissionOrder:

@@ -11,9 +11,11 @@ import asyncio
 import inspect
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,13 @@ from typing import Any
 from flamepy._async_client import AsyncConnection, AsyncSession, generate_session_id
 from flamepy._config import FlameContext
 from flamepy._embedded import resolve_cache_endpoint, resolve_endpoint
-from flamepy._errors import AlreadyExistsError, InternalError, InvalidArgumentError, NotFoundError
+from flamepy._errors import (
+    AlreadyExistsError,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    TaskCancelledError,
+)
 from flamepy._types import (
     Application,
     ApplicationAttributes,
@@ -34,12 +42,14 @@ from flamepy.core.cache import delete_objects, put_object_async
 from flamepy.runner._batch import Batcher, Call, CallState
 from flamepy.runner._calls import CallResult, SubmissionOrder, Turn, succeeded
 from flamepy.runner._package import DEFAULT_SIZE_BUDGET, Package, build_package
-from flamepy.runner._pickling import bind_constructor, pickle_context
+from flamepy.runner._pickling import bind_constructor, check_arguments, pickle_context
 from flamepy.runner._storage import PackageStorage, storage_for
 from flamepy.runner.types import RunnerContext, SessionContext, is_function
 
 log = logging.getLogger("flamepy.runner")
 
+APP_SUFFIX_HEX = 8
+"""Hex digits of the suffix that makes each Runner's application name its own."""
 CLOSE_WAIT = 60.0
 CLOSE_RETRY_MIN = 0.02
 CLOSE_RETRY_MAX = 1.0
@@ -111,7 +121,11 @@ class RunnerCore:
     ) -> None:
         if not name:
             raise InvalidArgumentError("a Runner needs an application name")
-        self.name = name
+        self.requested_name = name
+        # Each Runner registers an application of its own: two programs that chose
+        # the same name never run each other's code or clean up each other's
+        # sessions; the chosen name stays visible as the prefix (flmctl list -a).
+        self.name = f"{name}-{uuid.uuid4().hex[:APP_SUFFIX_HEX]}"
         self.fail_if_exists = fail_if_exists
         self.dependencies = list(dependencies or [])
         self.python_version = python_version
@@ -152,14 +166,14 @@ class RunnerCore:
 
     async def _register(self, ctx: FlameContext) -> None:
         conn = self.connection
-        if await conn.get_application(self.name) is not None:
-            if self.fail_if_exists:
+        if self.fail_if_exists:
+            taken = [a.name for a in await conn.list_applications() if self._same_name(a.name)]
+            if taken:
                 raise AlreadyExistsError(
-                    f"application {self.name} already exists on {conn.endpoint}; choose another "
-                    "Runner name or pass fail_if_exists=False to reuse it"
+                    f"a Runner named {self.requested_name!r} is already running on "
+                    f"{conn.endpoint} (application {taken[0]}); choose another name, or drop "
+                    "fail_if_exists to run beside it"
                 )
-            log.info("reusing the existing application %s", self.name)
-            return
         template_name = self.template_name or ctx.runner.template or "flmrun"
         template = await conn.get_application(template_name)
         if template is None:
@@ -170,14 +184,20 @@ class RunnerCore:
             )
         excludes = [*(ctx.package.excludes if ctx.package else ()), *self.excludes]
         storage_url = self.storage_url or (ctx.package.storage if ctx.package else None)
+        # Packages are named by the chosen name and their content, not by this Runner's
+        # application: Runners of one name share an unchanged package (its uploader
+        # removes it).
         self._storage = storage_for(
-            storage_url, self.name, cache_endpoint=self.cache_endpoint, cache_ca_file=self.cache_ca
+            storage_url,
+            self.requested_name,
+            cache_endpoint=self.cache_endpoint,
+            cache_ca_file=self.cache_ca,
         )
         self._workdir = Path(tempfile.mkdtemp(prefix="flame-runner-"))
         package = await asyncio.to_thread(
             build_package,
             self.root,
-            self.name,
+            self.requested_name,
             self._workdir,
             excludes=excludes,
             dependencies=self.dependencies,
@@ -193,6 +213,15 @@ class RunnerCore:
         attrs = clone_template(template, self.name, self.package_url, self.python_version)
         await conn.register_application(self.name, attrs)
         self.owner = True
+
+    def _same_name(self, application: str) -> bool:
+        """Whether ``application`` is this Runner's name, or another Runner's of it."""
+        wanted = self.requested_name
+        return (
+            application == wanted
+            or re.fullmatch(re.escape(wanted) + f"-[0-9a-f]{{{APP_SUFFIX_HEX}}}", application)
+            is not None
+        )
 
     def new_service(
         self,
@@ -224,6 +253,35 @@ class RunnerCore:
                 return
             await asyncio.sleep(LEAVE_POLL)
         log.warning("instances of %s did not leave within %ss", sorted(sessions), LEAVE_WAIT)
+
+    async def interrupt(self) -> None:
+        """Leave now (the ``with`` block ended with Ctrl-C): fail what has not
+        finished, close the sessions without waiting for calls in flight, and clean
+        up what can be (within INTERRUPT_WAIT s in all, see ``Runner.__exit__``).
+        A task that is running cannot be stopped (Flame has no task cancellation):
+        its session and the application are left, and one line says so."""
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+        running: list[str] = []
+        total = 0
+        for service in self.services:
+            in_flight, closed = await service.interrupt()
+            total += in_flight
+            if not closed:
+                running.append(service.opened_session_id() or "?")
+        self.services.clear()
+        if running:
+            self.owner = False
+            log.warning(
+                "interrupted: %d call(s) sent to the cluster are left to finish there: "
+                "session(s) %s of application %s cannot be closed while a task runs "
+                "(close them later with 'flmctl close')",
+                total,
+                ", ".join(running),
+                self.name,
+            )
+        await self.close()
 
     async def close(self) -> None:
         """Close this Runner's sessions, then, if it registered the application,
@@ -339,7 +397,10 @@ class ServiceCore:
         return f"{self.runner.name}/{session.id}"
 
     def new_call(self, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
-        """A call's record; made in the caller's thread, run by :meth:`call`."""
+        """A call's record; made in the caller's thread, run by :meth:`call`.  An
+        argument that means nothing remotely (an open file, a lock) is refused."""
+        if args or kwargs:
+            check_arguments(args, kwargs)
         return self.batcher.new_call(method, args, kwargs)
 
     def start(self, call: Call) -> None:
@@ -382,8 +443,12 @@ class ServiceCore:
             call.task = None
 
     def cancel(self, call: Call) -> bool:
-        """Cancel a call made through the sync API that is not queued yet; runs on
-        the loop.  Its dependents fail with TaskCancelledError too."""
+        """Cancel a call that is not in a task yet (waiting for its arguments, or
+        queued in a batch not sent); runs on the loop.  Its dependents fail with
+        TaskCancelledError too.  A call whose task exists cannot be cancelled: Flame
+        has no task cancellation (closing the session cancels its pending tasks)."""
+        if call.state is CallState.QUEUED:
+            return self.batcher.cancel_queued(call)
         if call.state is not CallState.WAITING:
             return False
         if call.task is not None:
@@ -411,6 +476,26 @@ class ServiceCore:
         """The id of this service's session, if it was opened."""
         session = self._session
         return session.result().id if succeeded(session) else None  # type: ignore[union-attr]
+
+    async def interrupt(self) -> tuple[int, bool]:
+        """Leave now (Ctrl-C): fail every call not answered yet with
+        TaskCancelledError, close the session once (which cancels its pending tasks)
+        without waiting for calls in flight.  Returns how many calls were running or
+        pending on the cluster, and whether the session could be closed."""
+        error = TaskCancelledError("the Runner was interrupted before the call finished")
+        for task in list(self._inflight):
+            task.cancel()
+        in_flight = self.batcher.interrupt(error)
+        if self._session is None or not self._session.done() or self._session.exception():
+            return in_flight, True
+        session = self._session.result()
+        if session.state != SessionState.OPEN:
+            return in_flight, True
+        try:
+            await session.close()
+        except InternalError:  # a task still runs: a real cluster keeps it open
+            return in_flight, False
+        return in_flight, True
 
     async def close(self) -> bool:
         """Let calls in flight finish (at most CLOSE_WAIT s), then close the session.

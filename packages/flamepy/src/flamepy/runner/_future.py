@@ -12,7 +12,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from flamepy._errors import FlameTimeoutError
-from flamepy.core.cache import ObjectRef, get_object, get_object_async, put_object_async
+from flamepy.core.cache import (
+    ObjectRef,
+    get_object,
+    get_object_async,
+    put_object,
+    put_object_async,
+)
+from flamepy.runner._batch import CallState
 from flamepy.runner._calls import CallResult, Dependency
 from flamepy.runner._waiting import completed, settled, wait_calls
 
@@ -28,6 +35,14 @@ class _Refs:
         self._prefix = prefix
         self._ref: ObjectRef | None = None
         self._lock = asyncio.Lock()
+
+    def stored_now(self, result: CallResult) -> ObjectRef:
+        """:meth:`ref_of`, blocking (outside the event loop's turn)."""
+        if result.ref is not None:
+            return result.ref
+        if self._ref is None:
+            self._ref = put_object(self._prefix, result.value)
+        return self._ref
 
     async def ref_of(self, result: CallResult) -> ObjectRef:
         if result.ref is not None:
@@ -92,8 +107,10 @@ class ObjectFuture(Dependency):
         return self._call.result.exception()  # type: ignore[no-any-return]
 
     def cancel(self) -> bool:
-        """Cancel a call that is not queued yet (one waiting for its arguments); it
-        and the calls that depend on it fail with TaskCancelledError."""
+        """Cancel a call that is not in a task yet (waiting for its arguments, or
+        queued in a batch not sent); it and the calls that depend on it fail with
+        TaskCancelledError.  False once its task exists: Flame cannot cancel a task
+        (closing the session cancels its pending ones)."""
         if self._call.settled or self._service is None:
             return False
         return self._loop.run(self._cancel())  # type: ignore[no-any-return]
@@ -121,10 +138,48 @@ class ObjectFuture(Dependency):
 ObjectExpr = ObjectFuture
 
 
+class ObjectResult(Dependency):
+    """A finished call of the asyncio Runner API: what ``await service(...)`` gives.
+
+    It is still the call's result *by reference*: pass it to the next call and only
+    its ObjectRef travels, the data stays where it is.  ``get()`` gives the value
+    (at once for a small result, which came back inline; a result kept in the cache
+    is fetched, blocking, so in a coroutine prefer ``await future.get()`` on the
+    future itself, one step to the value), ``ref()`` its ObjectRef.
+    """
+
+    __slots__ = ("_call", "_refs", "_result")
+
+    def __init__(self, call: Any, result: CallResult, refs: _Refs) -> None:
+        self._call = call
+        self._result = result
+        self._refs = refs
+
+    def get(self) -> Any:
+        result = self._result
+        return result.value if result.inline else get_object(result.ref)  # type: ignore[arg-type]
+
+    def ref(self) -> ObjectRef:
+        if self._result.ref is not None:
+            if self._call is not None:
+                self._call.escaped = True  # the caller keeps the object alive now
+            return self._result.ref
+        return self._refs.stored_now(self._result)
+
+    async def _call_result(self) -> CallResult:
+        return self._result
+
+    def __repr__(self) -> str:
+        where = "inline" if self._result.inline else "in the cache"
+        return f"<ObjectResult {where}>"
+
+
 class AsyncObjectFuture(Dependency):
     """The result of a remote call made through the asyncio Runner API.
 
-    ``await future`` (or ``await future.get()``) gives the value.
+    ``await future`` gives an :class:`ObjectResult` once the call finished (the
+    seed's shape: ``res = await svc(1, 2); res.get()``), which can be passed on by
+    reference; ``await future.get()`` gives the value in one step.
     """
 
     def __init__(self, task: asyncio.Future[CallResult], ref_prefix: str, call: Any = None) -> None:
@@ -162,13 +217,24 @@ class AsyncObjectFuture(Dependency):
         return self._task.exception()
 
     def cancel(self) -> bool:
-        return self._task.cancel()
+        """Cancel the call if it is not in a task yet (see ``ObjectFuture.cancel``)."""
+        call = self._call
+        if call is not None and call.state is CallState.QUEUED:
+            if not call.batcher.cancel_queued(call):
+                return False
+        elif call is not None and call.state is not CallState.WAITING:
+            return False
+        return self._task.cancel() or self._task.done()
 
     async def _call_result(self) -> CallResult:
         return await asyncio.shield(self._task)
 
+    async def result(self, timeout: float | None = None) -> ObjectResult:
+        """The finished call, by reference (what ``await future`` gives)."""
+        return ObjectResult(self._call, await self._wait(timeout), self._refs)
+
     def __await__(self) -> Any:
-        return self.get().__await__()
+        return self.result().__await__()
 
     def __repr__(self) -> str:
         return f"<AsyncObjectFuture {'done' if self.done() else 'pending'}>"

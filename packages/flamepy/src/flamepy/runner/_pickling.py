@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
+import socket
+import threading
 import types
 from typing import Any
 
@@ -11,6 +15,26 @@ from flamepy._errors import InvalidArgumentError
 from flamepy.runner.types import RunnerContext
 
 MAX_DEPTH = 12
+CHECK_DEPTH = 3
+"""How deep :func:`check_arguments` looks into containers."""
+CHECK_ITEMS = 1000
+"""How many items of one container :func:`check_arguments` looks at."""
+LOCAL_ONLY: tuple[tuple[type, str], ...] = (
+    (io.IOBase, "an open file or stream"),
+    (socket.socket, "a socket"),
+    (type(threading.Lock()), "a lock"),
+    (type(threading.RLock()), "a lock"),
+    (threading.Condition, "a condition variable"),
+    (threading.Event, "an event"),
+    (threading.Semaphore, "a semaphore"),
+    (threading.Thread, "a thread"),
+    (types.GeneratorType, "a generator"),
+    (types.AsyncGeneratorType, "an async generator"),
+    (types.CoroutineType, "a coroutine"),
+    (asyncio.Future, "an asyncio future or task"),
+)
+"""Values that mean nothing in another process: an argument holding one is refused
+(cloudpickle would send an open file's contents, or fail deep inside)."""
 
 
 def bind_constructor(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> type:
@@ -90,3 +114,39 @@ def pickle_context(context: RunnerContext, original: Any) -> bytes:
             f"({type(cause).__name__}: {cause}); create such resources inside the methods "
             "that use them, or give the class __getstate__/__setstate__"
         ) from exc
+
+
+_LOCAL_TYPES = tuple(kind for kind, _ in LOCAL_ONLY)
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
+
+
+def _check(value: Any, path: str, depth: int) -> None:
+    if type(value) in _PLAIN:
+        return
+    if isinstance(value, _LOCAL_TYPES):
+        what = next(w for kind, w in LOCAL_ONLY if isinstance(value, kind))
+        raise InvalidArgumentError(
+            f"argument {path} is {what} ({type(value).__name__}), which means nothing in "
+            "another process; pass what it holds instead (the data, a path, a URL), or "
+            "create it inside the remote function"
+        )
+    if depth >= CHECK_DEPTH:
+        return
+    if isinstance(value, dict):
+        for i, (key, item) in enumerate(value.items()):
+            if i >= CHECK_ITEMS:
+                return
+            _check(item, f"{path}[{key!r}]", depth + 1)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for i, item in enumerate(value):
+            if i >= CHECK_ITEMS:
+                return
+            _check(item, f"{path}[{i}]", depth + 1)
+
+
+def check_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Refuse arguments that cannot mean anything remotely, naming the argument."""
+    for i, value in enumerate(args):
+        _check(value, f"args[{i}]", 0)
+    for name, value in kwargs.items():
+        _check(value, name, 0)

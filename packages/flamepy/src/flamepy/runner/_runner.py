@@ -14,10 +14,12 @@ so 100,000 futures in flight need no thread, task or future each.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
+from flamepy._errors import FlameTimeoutError
 from flamepy._loop import BackgroundLoop, background_loop
 from flamepy._types import ResourceRequirement
 from flamepy.core.cache import ObjectRef
@@ -105,11 +107,19 @@ class RunnerService(_ServiceFront[ObjectFuture]):
         self._runner._loop.run(_after_posted(self._runner._loop, self._core.close()))
 
 
+log = logging.getLogger("flamepy.runner")
+
+INTERRUPT_WAIT = 2.0
+"""Seconds a Runner left by Ctrl-C gives its cleanup."""
+
+
 class _RunnerFront:
     """What both Runner flavours share: their options and the core they build.
 
-    ``name`` names the application.  An existing application of that name is
-    reused (and left in place at exit) unless ``fail_if_exists``.  Options:
+    ``name`` names the application: each Runner registers its own, named
+    ``<name>-<8 hex digits>`` (:attr:`application`), so that two programs that chose
+    the same name never run each other's code; ``fail_if_exists`` refuses to start
+    beside another Runner of that name instead.  Options:
     ``dependencies`` (pip requirement strings), ``python_version``,
     ``excludes`` (gitignore patterns), ``storage`` (package storage URL),
     ``template`` (the application to clone), ``root`` (the directory to package)
@@ -145,6 +155,11 @@ class _RunnerFront:
 
     def _start(self) -> None:
         raise NotImplementedError
+
+    @property
+    def application(self) -> str:
+        """The name of the application this Runner registered (``<name>-<suffix>``)."""
+        return self._core.name
 
     @property
     def package_url(self) -> str | None:
@@ -210,11 +225,26 @@ class Runner(_RunnerFront):
             self._closed = True
             self._loop.run(_after_posted(self._loop, self._core.close()))
 
+    def interrupt(self) -> None:
+        """Leave at once: what has not finished fails with TaskCancelledError, the
+        sessions close without waiting, and cleanup gets at most INTERRUPT_WAIT s.
+        A task already running on the cluster is left to finish (one line says so)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._loop.run(self._core.interrupt(), timeout=INTERRUPT_WAIT)
+        except FlameTimeoutError:
+            log.warning("interrupted: cleanup did not finish within %ss", INTERRUPT_WAIT)
+
     def __enter__(self) -> Runner:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        if kind is not None and not issubclass(kind, Exception):
+            self.interrupt()  # KeyboardInterrupt, SystemExit: nothing is waited for
+        else:
+            self.close()
 
 
 FlameRunner = Runner

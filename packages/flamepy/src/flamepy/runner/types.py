@@ -21,6 +21,10 @@ INLINE_RESULT_MAGIC = b"FLMI"
 BSON documents start with their int32 length; this prefix would mean >1 GiB, which
 no ObjectRef is, so the two can never be confused."""
 ERROR_RESULT_MAGIC = b"FLME"
+REBUILD_EXCEPTION = "flame:rebuild-exception"
+"""In an ``FLME`` output, ``(REBUILD_EXCEPTION, type, args, attributes)`` stands for an
+exception that does not unpickle as itself; the client rebuilds it without calling
+its constructor."""
 """Prefix of a Failed task's output that carries the pickled remote exception."""
 BATCH_RESULT_MAGIC = b"FLMB"
 """Prefix of the output of a batch task: pickle(list of per-call outputs)."""
@@ -51,12 +55,16 @@ class RunnerContext:
     def __post_init__(self) -> None:
         obj = self.execution_object
         instance = not is_function(obj) and not isinstance(obj, type)
-        if self.stateful is None:
-            self.stateful = instance
         if instance:
             self.autoscale = False
         elif self.autoscale is None:
             self.autoscale = True
+        if self.stateful is None:
+            # An object, or a class kept on one instance, has state: it is saved to the
+            # cache between calls, so a new instance (after a release, S4) goes on from
+            # it instead of from a fresh object.  Functions and autoscaled classes stay
+            # elastic.
+            self.stateful = instance or (isinstance(obj, type) and not self.autoscale)
         if self.warmup < 0:
             raise InvalidArgumentError(f"warmup must not be negative, got {self.warmup}")
         if instance and self.warmup > 1:
