@@ -111,7 +111,8 @@ def test_our_pickled_wire_types_are_the_peers_classes(
     flags = ("stateful", "autoscale", "warmup", "min_instances", "max_instances")
     expected = {
         "context_function": (False, True, 0, 0, None),
-        "context_class": (False, False, 0, 1, 1),
+        # A class on one instance is stateful: its object is kept in the cache (issue 18).
+        "context_class": (True, False, 0, 1, 1),
         "context_object": (True, False, 0, 1, 1),
     }
     for label, values in expected.items():
