@@ -399,3 +399,17 @@ def test_flmexec_runs_python_and_shell_scripts(
     bad = run(language="cobol", code="x")
     assert "unsupported language 'cobol'" in bad.status.events[-1].message
     _close(stub, sid)
+
+
+def test_s8_closed_sessions_are_kept_not_evicted(stub: frontend_pb2_grpc.FrontendStub) -> None:
+    """Not followed (docs/compatibility.md, S8): the local cluster has no
+    ``limits.max_sessions``; a closed session stays readable."""
+    ids = [_session(stub, "flmtest", max_instances=0) for _ in range(60)]
+    for sid in ids:
+        _close(stub, sid)
+    first = stub.GetSession(fe.GetSessionRequest(session_id=ids[0]), timeout=RPC)
+    assert first.status.state == types_pb2.Closed
+    listed = {
+        s.metadata.id for s in stub.ListSession(fe.ListSessionRequest(), timeout=RPC).sessions
+    }
+    assert set(ids) <= listed
