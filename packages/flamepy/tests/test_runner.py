@@ -125,6 +125,17 @@ def blob(n, i):
     return bytes([i]) * n
 
 
+def double(x):
+    return 2 * x
+
+
+def nested(x):
+    from flamepy import Runner
+
+    with Runner("inner") as inner:  # the same name in every instance
+        return inner.service(double)(x).get(60)
+
+
 def small_array(n):
     import numpy as np
 
@@ -678,3 +689,18 @@ def test_case3_live_results_are_spilled_not_evicted(
             assert small.cluster.cache is not None
             assert small.cluster.cache.store.memory_used <= 2 * 30_000_000 + 4096
     assert small.leftover_processes() == []
+
+
+def test_case5_nested_runners_in_parallel_do_not_deadlock(
+    project: tuple[Path, ModuleType], flame_env: ClusterThread
+) -> None:
+    """Case 5 of the Runner correctness issue: one more outer call than the cluster
+    has slots, each running a Runner of the same name.  The nested Runner inherits
+    the endpoint and the package, and its services ask for no CPU (the caller waits
+    for them), so they run although every slot holds an outer call."""
+    _, lib = project
+    capacity = flame_env.cluster.config.capacity
+    with Runner(_app()) as rr:
+        outer = rr.service(lib.nested)
+        n = capacity + 1
+        assert rr.get([outer(i) for i in range(n)], 120) == [2 * i for i in range(n)]

@@ -159,9 +159,14 @@ class Executor:
         return self.waker.wake()
 
 
+MAX_EXECUTORS_PER_NODE = 128
+"""A real node runs at most 128 executors (S5), whatever their resreq."""
+
+
 def _cpu(resreq: types_pb2.ResourceRequirement | None) -> int:
-    """CPUs an instance takes from the node (at least 1, as an executor slot)."""
-    return max(1, resreq.cpu) if resreq is not None else 1
+    """CPUs an instance takes from the node: its resreq's (a session that asks for
+    none, as a nested Runner's does, takes no slot); 1 without a resreq."""
+    return resreq.cpu if resreq is not None else 1
 
 
 def _mem(resreq: types_pb2.ResourceRequirement | None) -> int:
@@ -296,6 +301,8 @@ class ExecutorManager:
         candidates = [c for c in candidates if c[0].spec.priority >= top]
 
         def fits(session: SessionRecord) -> bool:
+            if len(self.executors) >= MAX_EXECUTORS_PER_NODE:
+                return False
             return _cpu(session.spec.resreq) <= free_cpu and _mem(session.spec.resreq) <= free_mem
 
         def launch(session: SessionRecord, app: AppRecord) -> None:

@@ -48,6 +48,25 @@ from flamepy.runner.types import RunnerContext, SessionContext, is_function
 
 log = logging.getLogger("flamepy.runner")
 
+
+def inside_an_instance() -> bool:
+    """Whether this process is a Flame instance (a Runner call runs a Runner)."""
+    return bool(os.environ.get("FLAME_INSTANCE_ENDPOINT"))
+
+
+def default_root() -> Path:
+    """What a Runner packages by default: the working directory, or, inside an
+    instance, the package that instance runs (so the code it calls is there)."""
+    src = os.environ.get("FLAME_PACKAGE_SRC")
+    if inside_an_instance() and src and Path(src).is_dir():
+        return Path(src)
+    return Path.cwd()
+
+
+NESTED_RESREQ = ResourceRequirement(cpu=0, memory=0, gpu=0)
+"""What the services of a Runner inside an instance ask for by default: no CPU and
+no memory of a node, since the calling instance waits for them; so nested calls
+cannot deadlock a cluster whose every slot runs an outer call."""
 APP_SUFFIX_HEX = 8
 """Hex digits of the suffix that makes each Runner's application name its own."""
 CLOSE_WAIT = 60.0
@@ -132,7 +151,7 @@ class RunnerCore:
         self.excludes = list(excludes)
         self.storage_url = storage
         self.template_name = template
-        self.root = Path(root) if root is not None else Path.cwd()
+        self.root = Path(root) if root is not None else default_root()
         self.size_budget = size_budget
         self.conn: AsyncConnection | None = None
         self.owner = False
@@ -232,6 +251,8 @@ class RunnerCore:
         args: tuple[Any, ...],
         kwargs: dict[str, Any] | None,
     ) -> ServiceCore:
+        if resreq is None and inside_an_instance():
+            resreq = NESTED_RESREQ
         service = ServiceCore(self, execution_object, autoscale, warmup, resreq, args, kwargs)
         self.services.append(service)
         return service
