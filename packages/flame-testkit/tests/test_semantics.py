@@ -413,3 +413,24 @@ def test_s8_closed_sessions_are_kept_not_evicted(stub: frontend_pb2_grpc.Fronten
         s.metadata.id for s in stub.ListSession(fe.ListSessionRequest(), timeout=RPC).sessions
     }
     assert set(ids) <= listed
+
+
+def test_an_unexpected_bind_error_counts_toward_the_retry_limit(
+    stub: frontend_pb2_grpc.FrontendStub,
+) -> None:
+    """Issue 20, case 1: a bind that fails with an unexpected error (here: a working
+    directory that cannot be made) is retried with backoff up to the retry limit,
+    not forever, and the task fails saying why."""
+    app = _uid("badwd")
+    spec = types_pb2.ApplicationSpec(command="/bin/true", working_directory="/proc/nonexistent/wd")
+    stub.RegisterApplication(fe.RegisterApplicationRequest(name=app, application=spec), timeout=RPC)
+    sid = _session(stub, app)
+    task = _wait(stub, sid, _task(stub, sid, b"x"))
+    assert task.status.state == TaskState.Failed
+    assert "/proc/nonexistent/wd" in task.status.events[-1].message
+    events = stub.GetSession(fe.GetSessionRequest(session_id=sid), timeout=RPC).status.events
+    assert [e.code for e in events].count(1001) == 5  # the default retry limit
+    assert [e.code for e in events].count(1002) == 1
+    assert "return_code 19" in events[0].message and "Traceback" not in events[0].message
+    _close(stub, sid)
+    assert _unregister(stub, app).return_code == 0

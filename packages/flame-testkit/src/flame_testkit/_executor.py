@@ -113,6 +113,9 @@ def _resolve(waiter: asyncio.Future[None] | None) -> bool:
     return False
 
 
+BIND_BACKOFF_MIN = 0.1
+BIND_BACKOFF_MAX = 5.0
+"""Seconds before a session whose bind failed is tried again: doubling, bounded."""
 MAX_TASK_RESULT = 4 * 1024 * 1024
 """The largest TaskResult a real executor manager accepts (gRPC's default, T2)."""
 BIND_INSTALL = 10
@@ -180,6 +183,8 @@ class ExecutorManager:
         self.state = state
         self.config = config
         self.node_memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        self._backoff: dict[str, float] = {}
+        """Session id -> loop time before which no new bind is tried (after a failure)."""
         self.executors: dict[str, Executor] = {}
         self.launched_pids: list[int] = []
         self._runners: set[asyncio.Task[None]] = set()
@@ -281,9 +286,12 @@ class ExecutorManager:
         free_cpu = self.config.capacity - sum(_cpu(e.resreq) for e in self.executors.values())
         free_mem = self.node_memory - sum(_mem(e.resreq) for e in self.executors.values())
         candidates = []
+        now = asyncio.get_running_loop().time()
         for session in list(self.state.sessions.values()):
             if not session.open or self.state.retry_limit_reached(session.id):
                 continue
+            if self._backoff.get(session.id, 0.0) > now:
+                continue  # the scheduling loop looks again within SCHEDULE_INTERVAL
             app = self.state.apps.get(session.spec.application)
             if app is None:
                 continue
@@ -296,6 +304,8 @@ class ExecutorManager:
             limit = session.max_instances if session.max_instances is not None else math.inf
             demand = session.counts[TaskState.PENDING] + session.counts[TaskState.RUNNING]
             candidates.append((session, app, bound, limit, demand))
+        for sid in [k for k, until in self._backoff.items() if until <= now]:
+            del self._backoff[sid]
         waiting = [c[0].spec.priority for c in candidates if c[0].counts[TaskState.PENDING]]
         top = max(waiting, default=0)
         candidates = [c for c in candidates if c[0].spec.priority >= top]
@@ -381,14 +391,33 @@ class ExecutorManager:
         try:
             try:
                 await self._bind(ex, app)
-            except BindError as err:
-                log.warning("bind of %s to session %s failed: %s", ex.id, ex.session_id, err)
+            except (asyncio.CancelledError, SessionGone):
+                raise
+            except Exception as exc:
+                # Every failure on the bind path counts toward the retry limit, with
+                # backoff: an unexpected one as "unknown" (19), its traceback logged
+                # here, never sent.
+                err = exc if isinstance(exc, BindError) else None
+                if err is None:
+                    log.exception("binding %s to session %s failed", ex.id, ex.session_id)
+                    err = BindError(f"{type(exc).__name__}: {exc}", BIND_UNKNOWN)
+                else:
+                    log.warning("bind of %s to session %s failed: %s", ex.id, ex.session_id, err)
+                failures = (
+                    self.state.sessions[ex.session_id].bind_failures + 1
+                    if (ex.session_id in self.state.sessions)
+                    else 1
+                )
+                self._backoff[ex.session_id] = asyncio.get_running_loop().time() + min(
+                    BIND_BACKOFF_MAX, BIND_BACKOFF_MIN * 2 ** (failures - 1)
+                )
                 self.state.record_bind_failure(
                     ex.session_id,
                     f"Executor {ex.id} on node {self.config.node_name} failed to bind session "
                     f"with return_code {err.code}: {err}",
                 )
             else:
+                self._backoff.pop(ex.session_id, None)
                 await self._serve(ex, app)
         except (asyncio.CancelledError, SessionGone):
             pass
