@@ -443,3 +443,26 @@ def test_context_properties_are_read_only(tmp_path: Path) -> None:
     ctx = load(tmp_path, CURRENT)
     with pytest.raises(AttributeError):
         ctx.endpoint = "http://x"  # type: ignore[misc]
+
+
+def test_an_unknown_key_is_a_warning_naming_the_nearest(tmp_path: Path) -> None:
+    """Issue 19: a misspelt key does not go unnoticed."""
+    import warnings
+
+    from flamepy import ConfigWarning
+
+    path = tmp_path / "flame.yaml"
+    path.write_text(
+        "current-context: c\n"
+        "contexts:\n"
+        "  - name: c\n"
+        "    cluster: {endpont: http://h:1}\n"
+        "    cahce: {endpoint: grpc://h:2}\n"
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ctx = FlameContext(path=path, environ={})
+    texts = [str(w.message) for w in caught if issubclass(w.category, ConfigWarning)]
+    assert any("contexts[0].cluster.endpont; did you mean 'endpoint'?" in t for t in texts)
+    assert any("contexts[0].cahce; did you mean 'cache'?" in t for t in texts)
+    assert ctx.configured_endpoint is None  # ignored, as the warning says

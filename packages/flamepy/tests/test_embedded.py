@@ -47,8 +47,18 @@ def test_no_endpoint_starts_an_embedded_cluster(tmp_path: Path) -> None:
     proc = _run(SCRIPT, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "b'embedded'"
-    info = [ln for ln in proc.stderr.splitlines() if "embedded local cluster" in ln]
-    assert len(info) == 1 and info[0].startswith("flamepy.embedded INFO")
+    said = [ln for ln in proc.stderr.splitlines() if "embedded local cluster" in ln]
+    assert len(said) == 1 and "ConfigWarning: no Flame endpoint is configured" in said[0]
+    # once, on stderr, whether logging is configured or not
+    plain = subprocess.run(
+        [sys.executable, "-c", SCRIPT.replace("logging.basicConfig", "dict")],
+        env=_clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stderr.count("embedded local cluster") == 1
 
 
 def test_no_endpoint_without_testkit_says_how_to_configure(tmp_path: Path) -> None:

@@ -27,7 +27,9 @@ def flmctl(flame_endpoint: str, capsys: pytest.CaptureFixture[str]) -> Flmctl:
     def run(*argv: str) -> Run:
         code = main(["--endpoint", flame_endpoint, *argv])
         out, err = capsys.readouterr()
-        return code, out, err
+        said, _, rest = err.partition("\n")  # flmctl first says which cluster it uses
+        assert said == f"flmctl: cluster {flame_endpoint} (--endpoint)"
+        return code, out, rest
 
     return run
 
@@ -318,3 +320,22 @@ def test_console_script(flame_endpoint: str) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0].split() == ["NAME", "STATE", "CPU", "MEMORY", "ARCH", "OS"]
+
+
+def test_flmctl_says_when_it_talks_to_a_throwaway_cluster(tmp_path: Path) -> None:
+    """Issue 19: with nothing configured, flmctl says the cluster is a throwaway one."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLAME_")}
+    env["HOME"] = str(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flamepy._flmctl", "list", "-a"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "flmctl: cluster a throwaway embedded local cluster" in proc.stderr

@@ -35,6 +35,7 @@ from flamepy._config import (
 from flamepy._errors import (
     AlreadyExistsError,
     ConfigError,
+    ConfigWarning,
     ConnectionFailedError,
     FlameError,
     FlameErrorCode,
@@ -111,6 +112,7 @@ __all__ = [
     "AsyncSession",
     "CommonData",
     "ConfigError",
+    "ConfigWarning",
     "Connection",
     "ConnectionFailedError",
     "Event",

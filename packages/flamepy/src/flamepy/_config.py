@@ -23,8 +23,10 @@ file (or variable), the key path and how to fix it.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +35,10 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from flamepy._errors import ConfigError
+from flamepy._errors import ConfigError, ConfigWarning
 
 logger = logging.getLogger("flamepy.config")
+
 
 DEFAULT_FLAME_CONF = "~/.flame/flame.yaml"
 DEFAULT_FLAME_ENDPOINT = "http://127.0.0.1:8080"
@@ -293,6 +296,7 @@ class _Reader:
         node = self.mapping(value, key)
         if node is None:
             return None
+        self.known(node, ("storage", "excludes"), key)
         storage = self.string(node.get("storage"), f"{key}.storage")
         scheme, sep, _ = (storage or "").partition("://")
         if storage is not None and (not sep or scheme.lower() not in PACKAGE_STORAGE_SCHEMES):
@@ -336,10 +340,42 @@ class _Reader:
             current_key, f"{name!r} not found in {list_key} (available: {available})", fix
         )
 
+    def known(self, node: Mapping[str, Any] | None, keys: Sequence[str], where: str) -> None:
+        """Warn about each key of ``node`` that flamepy does not read, naming the
+        nearest one it does (a misspelt ``endpont`` must not go unnoticed)."""
+        if not node:
+            return
+        for name in node:
+            if name in keys:
+                continue
+            near = difflib.get_close_matches(str(name), keys, n=1, cutoff=0.6)
+            hint = f"; did you mean {near[0]!r}?" if near else f" (known: {', '.join(keys)})"
+            warnings.warn(
+                f"{self.src}: unknown key {where + '.' if where else ''}{name}{hint} "
+                "It is ignored.",
+                ConfigWarning,
+                stacklevel=4,
+            )
+
     def current(self, data: Mapping[str, Any]) -> _Settings:
+        self.known(data, ("current-context", "contexts"), "")
         name, entry, key = self.select(data, "current-context", "contexts")
+        self.known(entry, ("name", "cluster", "cache", "package", "runner"), key)
         settings = _Settings(context_name=name)
         cluster = self.mapping(entry.get("cluster"), f"{key}.cluster")
+        self.known(cluster, ("endpoint", "tls", "token_file"), f"{key}.cluster")
+        cache_node = self.mapping(entry.get("cache"), f"{key}.cache")
+        self.known(cache_node, ("endpoint", "tls", "storage"), f"{key}.cache")
+        runner_node = self.mapping(entry.get("runner"), f"{key}.runner")
+        self.known(runner_node, ("template",), f"{key}.runner")
+        for part in ("cluster", "cache"):
+            node = self.mapping(entry.get(part), f"{key}.{part}")
+            if node is not None:
+                self.known(
+                    self.mapping(node.get("tls"), f"{key}.{part}.tls"),
+                    ("ca_file",),
+                    f"{key}.{part}.tls",
+                )
         if cluster is not None:
             settings.endpoint = self.endpoint(cluster.get("endpoint"), f"{key}.cluster.endpoint")
             settings.tls = self.tls(cluster.get("tls"), f"{key}.cluster.tls")
@@ -360,7 +396,9 @@ class _Reader:
         return settings
 
     def older(self, data: Mapping[str, Any]) -> _Settings:
+        self.known(data, ("current-cluster", "clusters"), "")
         name, entry, key = self.select(data, "current-cluster", "clusters")
+        self.known(entry, ("name", "endpoint", "cache", "package"), key)
         return _Settings(
             context_name=name,
             endpoint=self.endpoint(entry.get("endpoint"), f"{key}.endpoint"),

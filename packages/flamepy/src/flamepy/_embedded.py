@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 from flamepy._config import FLAME_CACHE_ENDPOINT, FLAME_ENDPOINT, FlameContext
-from flamepy._errors import ConfigError
+from flamepy._errors import ConfigError, ConfigWarning
 
 log = logging.getLogger("flamepy.embedded")
 
@@ -49,9 +50,12 @@ def resolve_endpoint(ctx: FlameContext) -> str:
     os.environ[FLAME_ENDPOINT] = cluster.endpoint
     if cluster.cache_endpoint:
         os.environ[FLAME_CACHE_ENDPOINT] = cluster.cache_endpoint
-    log.info(
-        "no Flame endpoint configured; started an embedded local cluster at %s "
-        "(set FLAME_ENDPOINT to use a real cluster)",
-        cluster.endpoint,
+    warnings.warn(
+        f"no Flame endpoint is configured: running on an embedded local cluster "
+        f"({cluster.endpoint}), which lives as long as this program; set FLAME_ENDPOINT or "
+        "cluster.endpoint in ~/.flame/flame.yaml to use a real cluster",
+        ConfigWarning,
+        stacklevel=2,
     )
+    log.debug("embedded local cluster at %s", cluster.endpoint)
     return cluster.endpoint

@@ -20,6 +20,9 @@ The hierarchy::
         │   └── TaskCancelledError  the task ended Cancelled (its session was closed)
         └── InternalError           the server reported an internal or unknown failure
 
+    ConfigWarning (UserWarning)     flamepy goes on, but says so: an unknown flame.yaml
+                                    key, the embedded local cluster standing in
+
 ``FlameError(code, message)`` keeps the constructor of Flame's own SDK, and
 ``FlameErrorCode`` keeps its six values, so ``except FlameError as e: e.code`` code
 written for it works unchanged.  gRPC status codes are translated in exactly one
@@ -47,6 +50,11 @@ class FlameErrorCode(enum.IntEnum):
     UNAVAILABLE = 6
     TIMEOUT = 7
     CANCELLED = 8
+
+
+class ConfigWarning(UserWarning):
+    """Something about the configuration that flamepy goes on with, and says so (an
+    unknown key in flame.yaml, no endpoint so the embedded local cluster is used)."""
 
 
 class FlameError(Exception):
@@ -240,6 +248,7 @@ def from_result(return_code: int, message: str | None, what: str) -> FlameError:
 __all__ = [
     "AlreadyExistsError",
     "ConfigError",
+    "ConfigWarning",
     "ConnectionFailedError",
     "FlameError",
     "FlameErrorCode",

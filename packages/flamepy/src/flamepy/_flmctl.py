@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import enum
+import os
 import shlex
 import sys
 from collections.abc import Iterable, Sequence
@@ -325,6 +326,19 @@ def run(args: argparse.Namespace, client: _Client) -> str:
     return close_session(client, args.session)
 
 
+def _which_cluster(endpoint: str | None) -> str:
+    """Which cluster this run talks to, and where that came from."""
+    if endpoint:
+        return f"{endpoint} (--endpoint)"
+    ctx = flamepy.FlameContext()
+    if ctx.configured_endpoint is None:
+        return "a throwaway embedded local cluster (no endpoint is configured)"
+    source = "FLAME_ENDPOINT" if os.environ.get("FLAME_ENDPOINT") else f"{ctx.path}"
+    if ctx.context_name and not os.environ.get("FLAME_ENDPOINT"):
+        source += f", context {ctx.context_name}"
+    return f"{ctx.configured_endpoint} ({source})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -339,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             client = conn = flamepy.connect(args.endpoint)
         else:
             client = flamepy
+        print(f"{PROG}: cluster {_which_cluster(args.endpoint)}", file=sys.stderr)
         print(run(args, client))
     except flamepy.FlameError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
