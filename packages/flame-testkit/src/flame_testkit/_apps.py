@@ -30,7 +30,7 @@ from typing import Any
 import flmrun
 from flmrun import FlameService, SessionContext, TaskContext
 
-__all__ = ["EXEC_TIMEOUT_ENV", "ExecService", "PingService", "main"]
+__all__ = ["EXEC_TIMEOUT_ENV", "ExecService", "PingService", "main", "serve"]
 
 EXEC_TIMEOUT_ENV = "FLMEXEC_TIMEOUT"
 DEFAULT_EXEC_TIMEOUT = 300.0
@@ -129,21 +129,26 @@ class ExecService(FlameService):
         return json.dumps({"data": list(out)}).encode()
 
 
-def main(argv: list[str] | None = None) -> int:
+def serve(service: type[FlameService], prog: str) -> int:
+    """Serve ``service`` as an instance until SIGTERM; returns the exit status."""
     from flmrun._server import configure_logging
 
+    configure_logging()
+    try:
+        flmrun.run(service)
+    except flmrun.InstanceConfigError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     services = {"ping": PingService, "exec": ExecService}
     if len(args) != 1 or args[0] not in services:
         print("usage: python -m flame_testkit._apps ping|exec", file=sys.stderr)
         return 2
-    configure_logging()
-    try:
-        flmrun.run(services[args[0]])
-    except flmrun.InstanceConfigError as exc:
-        print(f"flame_testkit._apps: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return serve(services[args[0]], "flame_testkit._apps")
 
 
 if __name__ == "__main__":

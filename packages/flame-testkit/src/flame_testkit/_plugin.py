@@ -31,15 +31,23 @@ TEST_DELAY_RELEASE = 2
 """Idle instances of the test cluster are released after 2 s."""
 
 
+def testing_cluster_config(**changes: object) -> LocalClusterConfig:
+    """The fixtures' local cluster settings, with ``changes`` (for a conftest.py's
+    own ``flame_cluster_config``)."""
+    settings: dict[str, object] = {
+        "delay_release": TEST_DELAY_RELEASE,
+        "kill_grace": 2.0,
+        "capacity": max(2, DEFAULT_CAPACITY),
+        "cache_local_transfer": True,  # as the embedded cluster
+        **changes,
+    }
+    return LocalClusterConfig(**settings)  # type: ignore[arg-type]
+
+
 @pytest.fixture(scope="session")
 def flame_cluster_config() -> LocalClusterConfig:
     """Override in a conftest.py to configure :func:`flame_cluster`."""
-    return LocalClusterConfig(
-        delay_release=TEST_DELAY_RELEASE,
-        kill_grace=2.0,
-        capacity=max(2, DEFAULT_CAPACITY),
-        cache_local_transfer=True,  # as the embedded cluster
-    )
+    return testing_cluster_config()
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,6 @@ import sys
 import threading
 import time
 
-import flmrun
 from flmrun import FlameService, SessionContext, TaskContext
 
 __all__ = ["TestAppService", "main"]
@@ -115,15 +114,9 @@ class TestAppService(FlameService):
 
 def main() -> int:
     """Serve :class:`TestAppService` until SIGTERM; returns the exit status."""
-    from flmrun._server import configure_logging
+    from flame_testkit._apps import serve
 
-    configure_logging()
-    try:
-        flmrun.run(TestAppService)
-    except flmrun.InstanceConfigError as exc:
-        print(f"flame_testkit._testapp: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return serve(TestAppService, "flame_testkit._testapp")
 
 
 if __name__ == "__main__":
