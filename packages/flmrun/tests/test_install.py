@@ -383,3 +383,58 @@ def test_package_digest_streams_large_files(tmp_path: Path) -> None:
     assert package_digest(path) == hashlib.sha256(data).hexdigest()
     (tmp_path / "empty").write_bytes(b"")
     assert package_digest(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()
+
+
+def _wheel(directory: Path, name: str, version: str) -> Path:
+    """A pure-Python wheel of ``name`` (module ``name`` with ``VERSION``), made here."""
+    import base64
+    import hashlib
+    import zipfile
+
+    dist = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": f"VERSION = {version!r}\n".encode(),
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n",
+    }
+    record = []
+    for rel, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{rel},sha256={digest},{len(data)}")
+    record.append(f"{dist}/RECORD,,")
+    files[f"{dist}/RECORD"] = ("\n".join(record) + "\n").encode()
+    path = directory / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for rel, data in files.items():
+            zf.writestr(rel, data)
+    return path
+
+
+def test_code_edits_reuse_one_environment_per_dependency_set(tmp_path: Path) -> None:
+    """Issue 18, case 8: the environment is keyed by the dependencies and the Python
+    version, not by the code; two edits of the code install the dependencies once."""
+    if shutil.which("uv") is None:
+        pytest.skip("uv is not on PATH")
+    wheel = _wheel(tmp_path, "flame_tinydep", "1.2")
+    root = tmp_path / "envs"
+    pkgs = []
+    for edit in (1, 2):
+        src = tmp_path / f"edit{edit}"
+        src.mkdir()
+        (src / "main.py").write_text(f"EDIT = {edit}\n")
+        (src / "pyproject.toml").write_text(
+            GENERATED.replace(
+                "dependencies = []", f'dependencies = ["flame_tinydep @ {wheel.as_uri()}"]'
+            )
+        )
+        pkgs.append(install_python_package(src, root=root, digest=f"e{edit}"))
+    envs = sorted(p.name for p in root.iterdir() if p.name.startswith("env-"))
+    assert len(envs) == 1  # one environment for both versions of the code
+    assert log_runs(root / envs[0]) == 1  # installed once
+    assert pkgs[0].env["FLAME_PACKAGE_ENV"] == pkgs[1].env["FLAME_PACKAGE_ENV"]
+    for edit, pkg in enumerate(pkgs, 1):
+        code = "import flame_tinydep, main; print(flame_tinydep.VERSION, main.EDIT)"
+        assert run_python(pkg, code, tmp_path) == f"1.2 {edit}"
+    size = sum(f.stat().st_size for f in (root / envs[0]).rglob("*") if f.is_file())
+    assert size < 1_000_000  # the dependencies, once; the code is not copied into it

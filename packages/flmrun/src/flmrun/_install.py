@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -109,6 +110,62 @@ def is_generated_without_dependencies(src: Path) -> bool:
     return isinstance(deps, list) and not deps
 
 
+def declared_dependencies(src: Path) -> list[str] | None:
+    """``[project] dependencies`` of a project described by ``pyproject.toml`` alone
+    (no ``setup.py``/``setup.cfg``); None when the project must be installed whole."""
+    src = Path(src)
+    pyproject = src / "pyproject.toml"
+    if _toml is None or not pyproject.is_file():
+        return None
+    if (src / "setup.py").exists() or (src / "setup.cfg").exists():
+        return None
+    try:
+        data: dict[str, Any] = _toml.loads(pyproject.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, _toml.TOMLDecodeError):
+        return None
+    project = data.get("project")
+    if not isinstance(project, dict):
+        return None
+    deps = project.get("dependencies", [])
+    if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+        return None
+    return [d.strip() for d in deps if d.strip()]
+
+
+def _is_generated(src: Path) -> bool:
+    pyproject = Path(src) / "pyproject.toml"
+    if _toml is None or not pyproject.is_file():
+        return False
+    try:
+        data: dict[str, Any] = _toml.loads(pyproject.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, _toml.TOMLDecodeError):
+        return False
+    tool = data.get("tool")
+    flame = tool.get("flame") if isinstance(tool, dict) else None
+    return isinstance(flame, dict) and flame.get("generated") is True
+
+
+@functools.cache
+def python_version(python: str) -> str:
+    """``major.minor`` of the interpreter ``python``."""
+    if os.path.realpath(python) == os.path.realpath(sys.executable):
+        return f"{sys.version_info[0]}.{sys.version_info[1]}"
+    out = subprocess.run(
+        [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return out.stdout.strip() or "unknown"
+
+
+def dependency_key(deps: list[str], python: str) -> str:
+    """The key of an environment: the sorted dependency set and the Python version."""
+    doc = json.dumps({"dependencies": sorted(deps), "python": python_version(python)})
+    return hashlib.sha256(doc.encode()).hexdigest()[:32]
+
+
 def library_dirs(deps: Path, max_depth: int = LIBRARY_DEPTH) -> list[str]:
     """Directories under ``deps`` (depth 0..max_depth) that hold ``*.so``/``*.so.N`` files."""
     found: list[str] = []
@@ -141,14 +198,25 @@ def install_python_package(
             f"{src} is not a Python project: none of {', '.join(PROJECT_FILES)} at its root "
             "(the Runner generates a pyproject.toml when the directory has none)"
         )
+    declared = declared_dependencies(src)
     home = root / digest
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     marker = home / MARKER_NAME
     if not marker.is_file():
         with _locked(home / LOCK_NAME):
             if not marker.is_file():
-                _install(src, home, digest, python)
-    return _installed(home, digest)
+                # A pyproject-only project's dependencies go to an environment of
+                # their own (below), shared by every version of the code.
+                _install(src, home, digest, python, with_deps=declared is None)
+    env_home = None
+    if declared:
+        env_home = root / f"env-{dependency_key(declared, python)}"
+        env_home.mkdir(mode=0o700, exist_ok=True)
+        if not (env_home / MARKER_NAME).is_file():
+            with _locked(env_home / LOCK_NAME):
+                if not (env_home / MARKER_NAME).is_file():
+                    _install_requirements(declared, src, env_home, python)
+    return _installed(home, digest, env_home)
 
 
 @contextlib.contextmanager
@@ -161,8 +229,29 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _install(src: Path, home: Path, digest: str, python: str) -> None:
-    """Run under the lock: (re)build ``home/src`` and ``home/deps`` and write the marker."""
+def _install_requirements(requirements: list[str], src: Path, home: Path, python: str) -> None:
+    """Run under the lock: install ``requirements`` into ``home/deps``, then the marker."""
+    deps, partial = home / "deps", home / "deps.partial"
+    for stale in (deps, partial):
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        how = _run_installer(src, partial, home / LOG_NAME, python, requirements)
+        os.rename(partial, deps)
+        record = {"dependencies": requirements, "installer": how, "python": python}
+        tmp = home / f"{MARKER_NAME}.tmp"
+        tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
+        os.rename(tmp, home / MARKER_NAME)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def _install(src: Path, home: Path, digest: str, python: str, with_deps: bool = True) -> None:
+    """Run under the lock: (re)build ``home/src`` and ``home/deps`` and write the marker.
+
+    ``with_deps`` False installs the project alone (its dependencies have an
+    environment of their own), and nothing for a Runner-generated pyproject, whose
+    code is ``src`` itself."""
     pkg_src, deps, log = home / "src", home / "deps", home / LOG_NAME
     partial_deps = home / "deps.partial"
     for stale in (deps, partial_deps):
@@ -174,14 +263,15 @@ def _install(src: Path, home: Path, digest: str, python: str) -> None:
         shutil.copytree(src, partial_src, symlinks=True)
         os.rename(partial_src, pkg_src)
     try:
-        if is_generated_without_dependencies(pkg_src):
+        if is_generated_without_dependencies(pkg_src) or (not with_deps and _is_generated(pkg_src)):
             how = "skipped"
             with log.open("a", encoding="utf-8") as fh:
                 fh.write(_header(f"{digest}: generated pyproject.toml without dependencies"))
                 fh.write("nothing to install\n")
             partial_deps.mkdir()
         else:
-            how = _run_installer(pkg_src, partial_deps, log, python)
+            what = ["."] if with_deps else ["--no-deps", "."]
+            how = _run_installer(pkg_src, partial_deps, log, python, what)
         os.rename(partial_deps, deps)
         record = {"digest": digest, "installer": how, "python": python, "at": time.time()}
         tmp = home / f"{MARKER_NAME}.tmp"
@@ -193,7 +283,7 @@ def _install(src: Path, home: Path, digest: str, python: str) -> None:
         raise
 
 
-def _installer_command(python: str, target: Path) -> tuple[str, list[str]]:
+def _installer_command(python: str, target: Path, what: list[str]) -> tuple[str, list[str]]:
     uv = shutil.which("uv")
     if uv is not None:
         return "uv", [
@@ -205,7 +295,7 @@ def _installer_command(python: str, target: Path) -> tuple[str, list[str]]:
             python,
             "--target",
             str(target),
-            ".",
+            *what,
         ]
     try:
         probe = subprocess.run(
@@ -232,12 +322,14 @@ def _installer_command(python: str, target: Path) -> tuple[str, list[str]]:
         "--disable-pip-version-check",
         "--target",
         str(target),
-        ".",
+        *what,
     ]
 
 
-def _run_installer(src: Path, target: Path, log: Path, python: str) -> str:
-    how, cmd = _installer_command(python, target)
+def _run_installer(
+    src: Path, target: Path, log: Path, python: str, what: list[str] | None = None
+) -> str:
+    how, cmd = _installer_command(python, target, what or ["."])
     with log.open("a", encoding="utf-8") as fh:
         fh.write(_header(" ".join(cmd) + f"  (in {src})"))
         fh.flush()
@@ -274,16 +366,22 @@ def _tail(log: Path) -> str:
     return "\n".join(lines[-_LOG_TAIL:])
 
 
-def _installed(home: Path, digest: str) -> InstalledPackage:
+def _installed(home: Path, digest: str, env_home: Path | None = None) -> InstalledPackage:
+    """The package's environment: its own ``deps`` (the project itself), then the
+    dependency environment it shares with other versions of the code, then ``src``."""
     src, deps = home / "src", home / "deps"
+    trees = [deps] + ([env_home / "deps"] if env_home is not None else [])
     env = {
-        "PYTHONPATH": os.pathsep.join([str(deps), str(src)]),
+        "PYTHONPATH": os.pathsep.join([*(str(t) for t in trees), str(src)]),
         "FLAME_PACKAGE_DIGEST": digest,
         "FLAME_PACKAGE_SRC": str(src),
     }
-    libs = library_dirs(deps)
+    if env_home is not None:
+        env["FLAME_PACKAGE_ENV"] = str(env_home)
+    libs = [d for t in trees for d in library_dirs(t)]
     if libs:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(libs)
-    if (deps / "bin").is_dir():
-        env["PATH"] = str(deps / "bin")
+    bins = [str(t / "bin") for t in trees if (t / "bin").is_dir()]
+    if bins:
+        env["PATH"] = os.pathsep.join(bins)
     return InstalledPackage(digest=digest, src=src, deps=deps, env=env)

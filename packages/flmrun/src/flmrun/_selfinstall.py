@@ -53,4 +53,4 @@ def install_from_url(app_name: str, url: str) -> list[str]:
             partial.unlink()
             partial.parent.rmdir()
     os.environ["FLAME_PACKAGE_SRC"] = str(installed.src)
-    return [str(installed.deps), str(installed.src)]
+    return installed.env["PYTHONPATH"].split(os.pathsep)
