@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import flame_testkit
 
@@ -64,3 +66,31 @@ def test_a_cluster_can_run_on_a_loop_it_does_not_own() -> None:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+def test_a_new_cluster_sweeps_what_dead_clusters_left(tmp_path: Path) -> None:
+    """Issue 20, case 8: the work and socket directories of a cluster whose process
+    is gone (killed with SIGKILL) are removed by the next cluster; live ones stay."""
+    import os
+    import subprocess
+    import tempfile
+
+    from flame_testkit._auth import OWNER_FILE
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()  # reaped: its pid belongs to no process now
+    dead_pid = proc.pid
+    made = []
+    for prefix, parent in (("flame-local-", tempfile.gettempdir()), ("flms-", "/tmp")):
+        for owner in (dead_pid, os.getpid()):
+            path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+            (path / OWNER_FILE).write_text(str(owner))
+            made.append((path, owner))
+    try:
+        with flame_testkit.ClusterThread(flame_testkit.LocalClusterConfig(cache=False)):
+            pass
+        for path, owner in made:
+            assert path.exists() == (owner == os.getpid()), path
+    finally:
+        for path, _ in made:
+            shutil.rmtree(path, ignore_errors=True)

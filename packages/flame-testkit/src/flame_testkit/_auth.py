@@ -18,6 +18,7 @@ import hmac
 import logging
 import os
 import secrets
+import shutil
 import stat
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -51,11 +52,63 @@ def _short_tmp() -> str | None:
     return "/tmp" if Path("/tmp").is_dir() else None
 
 
-def runtime_dir(prefix: str = "flms-") -> Path:
-    """A new owner-only (0700) directory for a cluster's sockets and token file."""
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=_short_tmp()))  # mkdtemp: 0700
-    os.chmod(path, 0o700)
+OWNER_FILE = "OWNER"
+"""In each directory a cluster makes: the pid of the process it belongs to."""
+RUNTIME_PREFIX = "flms-"
+WORK_PREFIX = "flame-local-"
+
+
+def claim(path: Path) -> Path:
+    """Write this process's pid in ``path/OWNER`` (0600), for :func:`sweep_dead`."""
+    fd = os.open(path / OWNER_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(str(os.getpid()))
     return path
+
+
+def sweep_dead(parent: Path, prefix: str) -> list[Path]:
+    """Remove the directories ``parent/<prefix>*`` of this account whose owner process
+    is gone (a cluster killed with SIGKILL, or that crashed); returns them."""
+    removed = []
+    for path in parent.glob(f"{prefix}*"):
+        try:
+            if path.is_symlink() or path.lstat().st_uid != os.geteuid():
+                continue
+            owner = int((path / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if owner == os.getpid() or _alive(owner):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        log.info("removed %s, left by process %d", path, owner)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def runtime_dir(prefix: str = RUNTIME_PREFIX) -> Path:
+    """A new owner-only (0700) directory for a cluster's sockets and token file,
+    claimed by this process; those of dead processes are swept first."""
+    parent = _short_tmp()
+    sweep_dead(Path(parent or tempfile.gettempdir()), prefix)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))  # mkdtemp: 0700
+    os.chmod(path, 0o700)
+    return claim(path)
+
+
+def work_dir() -> Path:
+    """A new owner-only temporary work directory, claimed; dead ones are swept."""
+    sweep_dead(Path(tempfile.gettempdir()), WORK_PREFIX)
+    return claim(Path(tempfile.mkdtemp(prefix=WORK_PREFIX)))
 
 
 def owner_only_dir(path: Path, what: str) -> Path:
@@ -146,11 +199,15 @@ class CacheTokenCheck(flight.ServerMiddlewareFactory):  # type: ignore[misc]
 
 
 __all__ = [
+    "OWNER_FILE",
     "TOKEN_FILE_NAME",
     "CacheTokenCheck",
     "FrontendTokenCheck",
+    "claim",
     "new_token",
     "owner_only_dir",
     "runtime_dir",
+    "sweep_dead",
+    "work_dir",
     "write_token_file",
 ]

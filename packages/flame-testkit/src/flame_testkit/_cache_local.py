@@ -64,13 +64,13 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from flame_testkit._auth import OWNER_FILE, sweep_dead
 from flame_testkit._cache_store import CacheObject, InvalidArgument
 from flamepy._cache_local import POOL_DIR, RECYCLE_MIN_BYTES, map_file, object_file
 
 log = logging.getLogger("flame_testkit.cache")
 
 TOKEN_FILE = "TOKEN"
-OWNER_FILE = "OWNER"
 """Holds the pid of the server process, so a later server can clear up after a crash."""
 DIR_PREFIX = "flame-cache-"
 SHARED_MEMORY = Path("/dev/shm")
@@ -215,27 +215,5 @@ def sweep_orphans(parent: Path) -> list[Path]:
     """Remove the transfer directories in ``parent`` of cache servers that died
     without stopping (SIGKILL, a crash): this user's, whose owner process is gone.
     Returns what it removed."""
-    removed = []
-    for path in parent.glob(f"{DIR_PREFIX}*"):
-        try:
-            if path.is_symlink() or path.lstat().st_uid != os.getuid():
-                continue
-            owner = int((path / OWNER_FILE).read_text())
-        except (OSError, ValueError):
-            continue
-        if owner == os.getpid() or _alive(owner):
-            continue
-        shutil.rmtree(path, ignore_errors=True)
-        log.info("removed %s, left by cache process %d", path, owner)
-        removed.append(path)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+    return sweep_dead(parent, DIR_PREFIX)
     return True

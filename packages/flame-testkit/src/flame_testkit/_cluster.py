@@ -18,7 +18,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from flame_testkit._auth import (
     runtime_dir,
     write_token_file,
 )
+from flame_testkit._auth import work_dir as own_work_dir
 from flame_testkit._cache_server import REPLY_COMPRESSION, CacheServer
 from flame_testkit._cache_store import DEFAULT_MAX_MEMORY
 from flame_testkit._errors import ClusterConfigError
@@ -210,7 +210,7 @@ class LocalCluster:
         if self.config.work_dir is not None:
             self.work_dir = owner_only_dir(self.config.work_dir, "work directory")
         else:
-            self.work_dir = Path(tempfile.mkdtemp(prefix="flame-local-"))  # 0700
+            self.work_dir = own_work_dir()  # 0700, claimed; dead clusters' are swept
         self.socket_dir = runtime_dir()
         self.executor_manager: ExecutorManager | None = None
         self.server: FrontendServer | None = None
