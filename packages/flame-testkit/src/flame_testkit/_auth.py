@@ -58,11 +58,19 @@ RUNTIME_PREFIX = "flms-"
 WORK_PREFIX = "flame-local-"
 
 
+def write_private(path: Path, text: str, *, replace: bool = False) -> Path:
+    """Write ``text`` to ``path``, a file only the owner can read (0600), never
+    through a symbolic link; a new file unless ``replace``."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_TRUNC if replace else os.O_EXCL)
+    fd = os.open(path, flags, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+    return path
+
+
 def claim(path: Path) -> Path:
     """Write this process's pid in ``path/OWNER`` (0600), for :func:`sweep_dead`."""
-    fd = os.open(path / OWNER_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(str(os.getpid()))
+    write_private(path / OWNER_FILE, str(os.getpid()), replace=True)
     return path
 
 
@@ -144,10 +152,7 @@ def owner_only_dir(path: Path, what: str) -> Path:
 
 def write_token_file(path: Path, token: str) -> Path:
     """Write ``token`` to a new file that only the owner can read (0600)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(token + "\n")
-    return path
+    return write_private(path, token + "\n")
 
 
 def _matches(values: Any, expected: str) -> bool:
@@ -209,5 +214,6 @@ __all__ = [
     "runtime_dir",
     "sweep_dead",
     "work_dir",
+    "write_private",
     "write_token_file",
 ]

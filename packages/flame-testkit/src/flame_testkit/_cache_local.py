@@ -64,7 +64,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from flame_testkit._auth import OWNER_FILE, sweep_dead
+from flame_testkit._auth import OWNER_FILE, sweep_dead, write_private
 from flame_testkit._cache_store import CacheObject, InvalidArgument
 from flamepy._cache_local import POOL_DIR, RECYCLE_MIN_BYTES, map_file, object_file
 
@@ -92,12 +92,6 @@ def default_parent() -> str | None:
     return None
 
 
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-
-
 class LocalTransfer:
     """The transfer directory of one cache server."""
 
@@ -105,8 +99,8 @@ class LocalTransfer:
         sweep_orphans(Path(parent or tempfile.gettempdir()))
         self.dir = Path(tempfile.mkdtemp(prefix=DIR_PREFIX, dir=parent))  # mode 0700
         self.token = secrets.token_hex(16)
-        _write_private(self.dir / OWNER_FILE, str(os.getpid()))
-        _write_private(self.dir / TOKEN_FILE, self.token)
+        write_private(self.dir / OWNER_FILE, str(os.getpid()))
+        write_private(self.dir / TOKEN_FILE, self.token)
         (self.dir / POOL_DIR).mkdir(mode=0o700)
         self._files: dict[int, str] = {}  # id(adopted buffer) -> its file's name now
         self._lock = threading.RLock()  # a finalizer may run while it is held

@@ -403,11 +403,8 @@ class ExecutorManager:
                     err = BindError(f"{type(exc).__name__}: {exc}", BIND_UNKNOWN)
                 else:
                     log.warning("bind of %s to session %s failed: %s", ex.id, ex.session_id, err)
-                failures = (
-                    self.state.sessions[ex.session_id].bind_failures + 1
-                    if (ex.session_id in self.state.sessions)
-                    else 1
-                )
+                session = self.state.sessions.get(ex.session_id)
+                failures = session.bind_failures + 1 if session is not None else 1
                 self._backoff[ex.session_id] = asyncio.get_running_loop().time() + min(
                     BIND_BACKOFF_MAX, BIND_BACKOFF_MIN * 2 ** (failures - 1)
                 )

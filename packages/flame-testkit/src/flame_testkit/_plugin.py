@@ -25,7 +25,7 @@ import pytest
 
 from flame_testkit._cluster import ClusterThread, LocalClusterConfig
 from flame_testkit._executor import DEFAULT_CAPACITY
-from flame_testkit._remote import RemoteCluster
+from flame_testkit._remote import PASSED_ON, RemoteCluster
 
 TEST_DELAY_RELEASE = 2
 """Idle instances of the test cluster are released after 2 s."""
@@ -78,7 +78,7 @@ def flame_env(
     flame_cluster: ClusterThread | RemoteCluster, monkeypatch: pytest.MonkeyPatch
 ) -> ClusterThread | RemoteCluster:
     wanted = flame_cluster.client_env({})
-    for key in ("FLAME_TOKEN", "FLAME_TOKEN_FILE", "FLAME_CA_FILE"):
+    for key in PASSED_ON:  # access settings meant for another cluster are dropped
         if key not in wanted:
             monkeypatch.delenv(key, raising=False)
     for key, value in wanted.items():

@@ -90,18 +90,29 @@ def package_digest(path: Path) -> str:
     return sha.hexdigest()
 
 
-def is_generated_without_dependencies(src: Path) -> bool:
-    """True when ``src/pyproject.toml`` is the Runner-generated one with no dependencies."""
+def _pyproject(src: Path) -> dict[str, Any] | None:
+    """``src/pyproject.toml`` parsed; None when it is missing or unreadable."""
     pyproject = Path(src) / "pyproject.toml"
     if _toml is None or not pyproject.is_file():
-        return False
+        return None
     try:
         data: dict[str, Any] = _toml.loads(pyproject.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, _toml.TOMLDecodeError):
-        return False
+        return None
+    return data
+
+
+def _generated(data: dict[str, Any]) -> bool:
+    """Whether the parsed pyproject is the one the Runner generates."""
     tool = data.get("tool")
     flame = tool.get("flame") if isinstance(tool, dict) else None
-    if not isinstance(flame, dict) or flame.get("generated") is not True:
+    return isinstance(flame, dict) and flame.get("generated") is True
+
+
+def is_generated_without_dependencies(src: Path) -> bool:
+    """True when ``src/pyproject.toml`` is the Runner-generated one with no dependencies."""
+    data = _pyproject(src)
+    if data is None or not _generated(data):
         return False
     project = data.get("project", {})
     if not isinstance(project, dict):
@@ -114,16 +125,10 @@ def declared_dependencies(src: Path) -> list[str] | None:
     """``[project] dependencies`` of a project described by ``pyproject.toml`` alone
     (no ``setup.py``/``setup.cfg``); None when the project must be installed whole."""
     src = Path(src)
-    pyproject = src / "pyproject.toml"
-    if _toml is None or not pyproject.is_file():
-        return None
     if (src / "setup.py").exists() or (src / "setup.cfg").exists():
         return None
-    try:
-        data: dict[str, Any] = _toml.loads(pyproject.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, _toml.TOMLDecodeError):
-        return None
-    project = data.get("project")
+    data = _pyproject(src)
+    project = data.get("project") if data is not None else None
     if not isinstance(project, dict):
         return None
     deps = project.get("dependencies", [])
@@ -133,16 +138,8 @@ def declared_dependencies(src: Path) -> list[str] | None:
 
 
 def _is_generated(src: Path) -> bool:
-    pyproject = Path(src) / "pyproject.toml"
-    if _toml is None or not pyproject.is_file():
-        return False
-    try:
-        data: dict[str, Any] = _toml.loads(pyproject.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, _toml.TOMLDecodeError):
-        return False
-    tool = data.get("tool")
-    flame = tool.get("flame") if isinstance(tool, dict) else None
-    return isinstance(flame, dict) and flame.get("generated") is True
+    data = _pyproject(src)
+    return data is not None and _generated(data)
 
 
 @functools.cache
