@@ -23,6 +23,7 @@ import pyarrow.flight as flight
 import pytest
 
 import flamepy
+import flamepy._cache_client
 from flame_testkit import ClusterThread, LocalClusterConfig
 from flamepy import (
     AlreadyExistsError,
@@ -346,7 +347,71 @@ def test_unchanged_tree_is_not_uploaded_again(
         assert package.exists()  # not the second Runner's to delete
     finally:
         first.close()
-    assert not package.exists()  # its uploader deleted it
+    assert package.exists()  # kept, so that the next run skips the upload
+    assert [p.name for p in store.iterdir()] == [package.name]
+
+
+CASE8_PROGRAM = """
+import sys
+from flamepy import Runner
+import {module}
+
+with Runner(sys.argv[1]) as rr:
+    print(rr.service({module}.version)().get(60), rr.package_uploaded, rr.package_url)
+"""
+
+
+def test_case8_the_next_process_skips_the_upload_of_unchanged_code(
+    project: tuple[Path, ModuleType], flame_cluster: ClusterThread
+) -> None:
+    root, lib = project
+    (root / "main.py").write_text(CASE8_PROGRAM.format(module=lib.__name__))
+    name = _app()
+
+    def run() -> tuple[str, str, str]:
+        done = subprocess.run(
+            [sys.executable, "main.py", name],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        version, uploaded, url = done.stdout.split()
+        return version, uploaded, url
+
+    cache = flamepy._cache_client.client_for(flame_cluster.cache_endpoint)
+
+    def stored() -> list[str]:
+        return sorted(cache.keys(f"{name}/pkg/"))
+
+    first = run()
+    assert first[:2] == ("1", "True")
+    assert len(stored()) == 1  # kept after the first process exited
+    assert run() == ("1", "False", first[2])  # a new process, the same package
+    source = root / f"{lib.__name__}.py"
+    source.write_text(source.read_text().replace("VERSION = 1", "VERSION = 2"))
+    third = run()
+    assert third[:2] == ("2", "True") and third[2] != first[2]
+    assert stored() == [f"{name}/pkg/{third[2].rsplit('/', 1)[1]}"]  # the old one pruned
+
+
+def test_case8_a_package_in_use_is_not_pruned(
+    project: tuple[Path, ModuleType], flame_cluster: ClusterThread
+) -> None:
+    root, lib = project
+    name = _app()
+    cache = flamepy._cache_client.client_for(flame_cluster.cache_endpoint)
+    with Runner(name) as old:
+        source = root / f"{lib.__name__}.py"
+        source.write_text(source.read_text().replace("VERSION = 1", "VERSION = 2"))
+        with Runner(name) as new:
+            assert new.package_uploaded and new.package_url != old.package_url
+        # The newer Runner's exit left the older one's package: its application runs.
+        assert len(cache.keys(f"{name}/pkg/")) == 2
+        assert old.service(lib.version)().get(WAIT) == 1
+    assert len(cache.keys(f"{name}/pkg/")) == 1  # bounded once both are gone
 
 
 def test_edited_module_runs_the_new_code(project: tuple[Path, ModuleType]) -> None:
@@ -450,7 +515,7 @@ def test_two_runners_of_one_name_keep_apart(project: tuple[Path, ModuleType]) ->
         assert first.service(lib.add)(2, 2).get(WAIT) == 4
 
 
-def test_nothing_is_left_after_exit(
+def test_nothing_but_the_package_is_left_after_exit(
     project: tuple[Path, ModuleType],
     tmp_path: Path,
     flame_connection: flamepy.Connection,
@@ -468,7 +533,8 @@ def test_nothing_is_left_after_exit(
         name = rr.application
         sessions = [s.id for s in flame_connection.list_sessions() if s.application == name]
     assert flame_connection.get_application(name) is None
-    assert list(store.iterdir()) == []
+    # Only the package is left, named by its content, for the next run to reuse.
+    assert [p.name for p in store.iterdir()] == [Path(rr.package_url or "").name]
     client = flight.FlightClient(flame_env.cache_endpoint)
     keys = [info.descriptor.path[0].decode() for info in client.list_flights()]
     assert not [k for k in keys if k.startswith(f"{name}/")]

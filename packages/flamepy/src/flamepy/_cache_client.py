@@ -598,6 +598,22 @@ class CacheClient:
             return base
         return deserializer(base, [decode_opaque(p) for p in entry.patches])
 
+    def keys(self, prefix: str) -> list[str]:
+        """Every key the cache lists (ListFlights) that starts with ``prefix``."""
+
+        def _list() -> list[str]:
+            found = []
+            for info in self._client.list_flights(options=self._options()):
+                # The ticket is the key (flame-cache.md 4.5); the descriptor may be empty.
+                key = info.endpoints[0].ticket.ticket.decode() if info.endpoints else ""
+                if not key and info.descriptor.path:
+                    key = info.descriptor.path[0].decode()
+                if key.startswith(prefix):
+                    found.append(key)
+            return found
+
+        return list(self._call(f"list_objects({prefix})", _list))
+
     def download(self, key: str, dest: str | Path) -> None:
         validate_key(key, parts=(3,), what="object key")
         what = f"download_object({key})"

@@ -204,8 +204,8 @@ class RunnerCore:
         excludes = [*(ctx.package.excludes if ctx.package else ()), *self.excludes]
         storage_url = self.storage_url or (ctx.package.storage if ctx.package else None)
         # Packages are named by the chosen name and their content, not by this Runner's
-        # application: Runners of one name share an unchanged package (its uploader
-        # removes it).
+        # application: Runners of one name, at once or one after another, share an
+        # unchanged package; it stays after exit so the next run skips the upload.
         self._storage = storage_for(
             storage_url,
             self.requested_name,
@@ -232,6 +232,28 @@ class RunnerCore:
         attrs = clone_template(template, self.name, self.package_url, self.python_version)
         await conn.register_application(self.name, attrs)
         self.owner = True
+        if not self.package_uploaded and not await asyncio.to_thread(self._storage.exists, package):
+            # Another Runner of this name pruned it between our check and our
+            # registration (it was not in use yet): put it back.
+            await asyncio.to_thread(self._storage.upload, package)
+            self.package_uploaded = True
+
+    async def _prune_packages(self, conn: AsyncConnection) -> None:
+        """Keep this Runner's package for the next run; remove the name's older ones
+        that no registered application uses.  Storage that cannot list (HTTP) gets
+        this Runner's own upload removed instead, as nothing else would remove it."""
+        storage, url = self._storage, self.package_url
+        if storage is None or url is None:
+            return
+        listed = await asyncio.to_thread(storage.packages, self.requested_name)
+        if listed is None:
+            await asyncio.to_thread(storage.delete, url)
+            return
+        in_use = {app.url for app in await conn.list_applications()}
+        for other in listed:
+            if other != url and other not in in_use:
+                log.info("removing superseded package %s", other)
+                await asyncio.to_thread(storage.delete, other)
 
     def _same_name(self, application: str) -> bool:
         """Whether ``application`` is this Runner's name, or another Runner's of it."""
@@ -347,9 +369,9 @@ class RunnerCore:
                 await asyncio.to_thread(delete_objects, f"{self.name}/*")
             except Exception as exc:
                 errors.append(exc)
-            if self.package_uploaded and self._storage and self.package_url:
+            if self.package_uploaded:
                 try:
-                    await asyncio.to_thread(self._storage.delete, self.package_url)
+                    await self._prune_packages(self.conn)
                 except Exception as exc:
                     errors.append(exc)
         if self._workdir is not None:

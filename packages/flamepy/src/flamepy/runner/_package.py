@@ -80,6 +80,13 @@ def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower().strip("-") or "flame-app"
 
 
+def is_package_of(file_name: str, name: str) -> bool:
+    """Whether ``file_name`` is a package that :func:`build_package` made for ``name``."""
+    return (
+        re.fullmatch(re.escape(_normalize(name)) + r"-[0-9a-f]{16}\.tar\.gz", file_name) is not None
+    )
+
+
 def generated_pyproject(name: str, dependencies: Sequence[str]) -> bytes:
     """A minimal project: no modules (src/ is on PYTHONPATH), the Runner's dependencies."""
     deps = ", ".join(f'"{d}"' for d in sorted(dependencies))

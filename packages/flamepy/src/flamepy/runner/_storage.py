@@ -4,7 +4,9 @@
 ``file://<dir>`` (the directory must exist), ``grpc(s)://host:port`` (the object
 cache, also the default) or ``http(s)://<base>/`` (HTTP PUT to upload, DELETE to
 remove).  Every backend answers ``exists`` so that an unchanged package, which
-has the same content-hash name, is not uploaded again.
+has the same content-hash name, is not uploaded again.  A backend that can list
+(a directory, the cache) also answers ``packages``: every package of a name, so
+that superseded ones can be pruned.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from flamepy._cache_client import client_for
 from flamepy._config import unix_socket_path
 from flamepy._errors import ConfigError, InternalError
-from flamepy.runner._package import Package
+from flamepy.runner._package import Package, is_package_of
 
 log = logging.getLogger("flamepy.runner.storage")
 
@@ -41,6 +43,11 @@ class PackageStorage(ABC):
 
     @abstractmethod
     def delete(self, url: str) -> None: ...
+
+    def packages(self, name: str) -> list[str] | None:
+        """The URLs of every stored package of ``name``; None when this storage
+        cannot list (HTTP)."""
+        return None
 
 
 class FileStorage(PackageStorage):
@@ -68,6 +75,13 @@ class FileStorage(PackageStorage):
 
     def delete(self, url: str) -> None:
         Path(urllib.parse.urlparse(url).path).unlink(missing_ok=True)
+
+    def packages(self, name: str) -> list[str]:
+        return [
+            path.resolve().as_uri()
+            for path in self.directory.iterdir()
+            if is_package_of(path.name, name) and path.is_file()
+        ]
 
 
 class CacheStorage(PackageStorage):
@@ -106,6 +120,14 @@ class CacheStorage(PackageStorage):
     def delete(self, url: str) -> None:
         key = urllib.parse.urlparse(url).path.lstrip("/")
         self.client.delete(key)
+
+    def packages(self, name: str) -> list[str]:
+        prefix = f"{name}/pkg/"
+        return [
+            f"{self.url_prefix}/{key}"
+            for key in self.client.keys(prefix)
+            if is_package_of(key[len(prefix) :], name)
+        ]
 
 
 class HttpStorage(PackageStorage):
