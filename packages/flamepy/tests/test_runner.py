@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import subprocess
 import sys
 import threading
@@ -357,7 +358,12 @@ from flamepy import Runner
 import {module}
 
 with Runner(sys.argv[1]) as rr:
-    print(rr.service({module}.version)().get(60), rr.package_uploaded, rr.package_url)
+    print(
+        rr.service({module}.version)().get(60),
+        rr.package_built,
+        rr.package_uploaded,
+        rr.package_url,
+    )
 """
 
 
@@ -368,7 +374,7 @@ def test_case8_the_next_process_skips_the_upload_of_unchanged_code(
     (root / "main.py").write_text(CASE8_PROGRAM.format(module=lib.__name__))
     name = _app()
 
-    def run() -> tuple[str, str, str]:
+    def run() -> tuple[str, str, str, str]:
         done = subprocess.run(
             [sys.executable, "main.py", name],
             cwd=root,
@@ -378,8 +384,8 @@ def test_case8_the_next_process_skips_the_upload_of_unchanged_code(
             check=False,
         )
         assert done.returncode == 0, done.stderr
-        version, uploaded, url = done.stdout.split()
-        return version, uploaded, url
+        version, built, uploaded, url = done.stdout.split()
+        return version, built, uploaded, url
 
     cache = flamepy._cache_client.client_for(flame_cluster.cache_endpoint)
 
@@ -387,14 +393,26 @@ def test_case8_the_next_process_skips_the_upload_of_unchanged_code(
         return sorted(cache.keys(f"{name}/pkg/"))
 
     first = run()
-    assert first[:2] == ("1", "True")
+    assert first[:3] == ("1", "True", "True")
     assert len(stored()) == 1  # kept after the first process exited
-    assert run() == ("1", "False", first[2])  # a new process, the same package
+    # A new process, an unchanged tree: neither built nor uploaded.
+    assert run() == ("1", "False", "False", first[3])
     source = root / f"{lib.__name__}.py"
     source.write_text(source.read_text().replace("VERSION = 1", "VERSION = 2"))
     third = run()
-    assert third[:2] == ("2", "True") and third[2] != first[2]
-    assert stored() == [f"{name}/pkg/{third[2].rsplit('/', 1)[1]}"]  # the old one pruned
+    assert third[:3] == ("2", "True", "True") and third[3] != first[3]
+    assert stored() == [f"{name}/pkg/{third[3].rsplit('/', 1)[1]}"]  # the old one pruned
+    # The same bytes written again (same size; the mtime set back): ctime still differs,
+    # so the tree is built again, and its package, already stored, is not uploaded.
+    stat = source.stat()
+    source.write_text(source.read_text())
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert run() == ("2", "True", "False", third[3])
+    # Other bytes of the same size under the old mtime: never stale code.
+    source.write_text(source.read_text().replace("VERSION = 2", "VERSION = 3"))
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert source.stat().st_size == stat.st_size
+    assert run()[:3] == ("3", "True", "True")
 
 
 def test_case8_a_package_in_use_is_not_pruned(

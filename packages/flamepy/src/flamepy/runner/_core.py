@@ -41,7 +41,13 @@ from flamepy._types import (
 from flamepy.core.cache import delete_objects, put_object_async
 from flamepy.runner._batch import Batcher, Call, CallState
 from flamepy.runner._calls import CallResult, SubmissionOrder, Turn, succeeded
-from flamepy.runner._package import DEFAULT_SIZE_BUDGET, Package, build_package
+from flamepy.runner._package import (
+    DEFAULT_SIZE_BUDGET,
+    Package,
+    build_tree,
+    indexed_package,
+    scan_tree,
+)
 from flamepy.runner._pickling import bind_constructor, check_arguments, pickle_context
 from flamepy.runner._storage import PackageStorage, storage_for
 from flamepy.runner.types import RunnerContext, SessionContext, is_function
@@ -213,8 +219,9 @@ class RunnerCore:
             cache_ca_file=self.cache_ca,
         )
         self._workdir = Path(tempfile.mkdtemp(prefix="flame-runner-"))
-        package = await asyncio.to_thread(
-            build_package,
+        storage = self._storage
+        tree = await asyncio.to_thread(
+            scan_tree,
             self.root,
             self.requested_name,
             self._workdir,
@@ -222,21 +229,39 @@ class RunnerCore:
             dependencies=self.dependencies,
             size_budget=self.size_budget,
         )
-        self.package = package
-        if await asyncio.to_thread(self._storage.exists, package):
-            log.info("package %s is already in storage; not uploading it again", package.file_name)
+        indexed = await asyncio.to_thread(indexed_package, tree)
+        if indexed is not None and await asyncio.to_thread(storage.exists, indexed):
+            # An unchanged tree whose package is stored: not even built.
+            log.info("package %s is already in storage; not uploading it again", indexed.file_name)
+            package = indexed
         else:
-            await asyncio.to_thread(self._storage.upload, package)
-            self.package_uploaded = True
+            package = await asyncio.to_thread(build_tree, tree, self._workdir)
+            absent = indexed is not None and indexed.digest == package.digest
+            if not absent and await asyncio.to_thread(storage.exists, package):
+                log.info(
+                    "package %s is already in storage; not uploading it again", package.file_name
+                )
+            else:
+                await asyncio.to_thread(storage.upload, package)
+                self.package_uploaded = True
+        self.package = package
         self.package_url = self._storage.url_for(package)
         attrs = clone_template(template, self.name, self.package_url, self.python_version)
         await conn.register_application(self.name, attrs)
         self.owner = True
-        if not self.package_uploaded and not await asyncio.to_thread(self._storage.exists, package):
+        if not self.package_uploaded and not await asyncio.to_thread(storage.exists, package):
             # Another Runner of this name pruned it between our check and our
-            # registration (it was not in use yet): put it back.
-            await asyncio.to_thread(self._storage.upload, package)
+            # registration (it was not in use yet): put it back, the same bytes.
+            if package.path is None:
+                package = await asyncio.to_thread(build_tree, tree, self._workdir)
+            if package.digest != self.package.digest:
+                raise InternalError(
+                    f"the package {self.package.file_name} was removed from storage while "
+                    "this Runner started, and the project has changed since; start again"
+                )
+            await asyncio.to_thread(storage.upload, package)
             self.package_uploaded = True
+            self.package = package
 
     async def _prune_packages(self, conn: AsyncConnection) -> None:
         """Keep this Runner's package for the next run; remove the name's older ones

@@ -27,6 +27,7 @@ from typing import Any
 import pathspec
 
 from flamepy._errors import InvalidArgumentError
+from flamepy.runner._package_index import IndexedPackage, fingerprint, lookup, remember
 
 log = logging.getLogger("flamepy.runner.package")
 
@@ -63,17 +64,30 @@ LARGEST_SHOWN = 10
 
 @dataclass(frozen=True)
 class Package:
-    """A built package: the archive, its content digest and what it holds."""
+    """A package: its file name, content digest and what it holds; ``path`` is the
+    archive, None when the package is known from the index and was not built."""
 
-    path: Path
+    file_name: str
     digest: str
     size: int
     files: tuple[str, ...]
     generated_pyproject: bool
+    path: Path | None = None
+
+
+@dataclass(frozen=True)
+class Tree:
+    """What a package of ``root`` would hold, found without reading any file."""
+
+    root: Path
+    name: str
+    entries: tuple[tuple[str, Path, os.stat_result], ...]
+    extra: dict[str, bytes]
+    fingerprint: str
 
     @property
-    def file_name(self) -> str:
-        return self.path.name
+    def has_project(self) -> bool:
+        return not self.extra
 
 
 def _normalize(name: str) -> str:
@@ -177,6 +191,80 @@ def _add_entry(tar: tarfile.TarFile, rel: str, path: Path, root: Path) -> None:
         tar.addfile(_tarinfo(rel, size=st.st_size, mode=mode), fh)
 
 
+def scan_tree(
+    root: Path,
+    name: str,
+    out_dir: Path | None = None,
+    *,
+    excludes: Sequence[str] = (),
+    dependencies: Sequence[str] = (),
+    size_budget: int = DEFAULT_SIZE_BUDGET,
+) -> Tree:
+    """The files ``root`` would package (never ``out_dir``), checked against the budget."""
+    root = root.resolve()
+    if not root.is_dir():
+        raise InvalidArgumentError(f"cannot package {root}: not a directory")
+    spec = exclude_spec(root, excludes)
+    out_resolved = out_dir.resolve() if out_dir is not None else None
+    entries = []
+    for rel, path in collect(root, spec):
+        if out_resolved is not None and path.resolve().is_relative_to(out_resolved):
+            continue  # never package our own output
+        entries.append((rel, path, path.lstat()))
+    _check_budget([(rel, path, st.st_size) for rel, path, st in entries], size_budget)
+    has_project = any((root / f).is_file() for f in PROJECT_FILES)
+    extra = {} if has_project else {"pyproject.toml": generated_pyproject(name, dependencies)}
+    key = fingerprint(name, [(rel, st) for rel, _, st in entries], extra)
+    return Tree(root, name, tuple(entries), extra, key)
+
+
+def indexed_package(tree: Tree) -> Package | None:
+    """The package this unchanged tree built before, if the index remembers it."""
+    found = lookup(tree.fingerprint)
+    if found is None:
+        return None
+    return Package(
+        found.file_name, found.digest, found.size, found.files, found.generated_pyproject
+    )
+
+
+def build_tree(tree: Tree, out_dir: Path) -> Package:
+    """Archive ``tree`` into ``out_dir/<name>-<digest16>.tar.gz`` and remember it."""
+    names = sorted([rel for rel, _, _ in tree.entries] + list(tree.extra))
+    raw = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:  # noqa: SIM117
+        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            by_name = {rel: path for rel, path, _ in tree.entries}
+            for rel in names:
+                if rel in tree.extra:
+                    data = tree.extra[rel]
+                    tar.addfile(_tarinfo(rel, size=len(data)), io.BytesIO(data))
+                else:
+                    _add_entry(tar, rel, by_name[rel], tree.root)
+    data = raw.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{_normalize(tree.name)}-{digest[:16]}.tar.gz"
+    tmp = path.with_suffix(".part")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    package = Package(path.name, digest, len(data), tuple(names), not tree.has_project, path)
+    # Remembered only if no file changed while it was read: a changed file has a new
+    # ctime, so the next scan misses the index and builds again.
+    try:
+        now = [(rel, path.lstat()) for rel, path, _ in tree.entries]
+    except OSError:  # one was removed
+        return package
+    if fingerprint(tree.name, now, tree.extra) == tree.fingerprint:
+        remember(
+            tree.fingerprint,
+            IndexedPackage(
+                package.file_name, digest, package.size, package.files, package.generated_pyproject
+            ),
+        )
+    return package
+
+
 def build_package(
     root: Path,
     name: str,
@@ -187,36 +275,7 @@ def build_package(
     size_budget: int = DEFAULT_SIZE_BUDGET,
 ) -> Package:
     """Archive ``root`` into ``out_dir/<name>-<digest16>.tar.gz``."""
-    root = root.resolve()
-    if not root.is_dir():
-        raise InvalidArgumentError(f"cannot package {root}: not a directory")
-    spec = exclude_spec(root, excludes)
-    out_resolved = out_dir.resolve()
-    entries = []
-    for rel, path in collect(root, spec):
-        if path.resolve().is_relative_to(out_resolved):
-            continue  # never package our own output
-        entries.append((rel, path, path.lstat().st_size))
-    _check_budget(entries, size_budget)
-    has_project = any((root / f).is_file() for f in PROJECT_FILES)
-    extra = {} if has_project else {"pyproject.toml": generated_pyproject(name, dependencies)}
-    names = sorted([rel for rel, _, _ in entries] + list(extra))
-
-    raw = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:  # noqa: SIM117
-        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            by_name = {rel: path for rel, path, _ in entries}
-            for rel in names:
-                if rel in extra:
-                    data = extra[rel]
-                    tar.addfile(_tarinfo(rel, size=len(data)), io.BytesIO(data))
-                else:
-                    _add_entry(tar, rel, by_name[rel], root)
-    data = raw.getvalue()
-    digest = hashlib.sha256(data).hexdigest()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{_normalize(name)}-{digest[:16]}.tar.gz"
-    tmp = path.with_suffix(".part")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-    return Package(path, digest, len(data), tuple(names), not has_project)
+    tree = scan_tree(
+        root, name, out_dir, excludes=excludes, dependencies=dependencies, size_budget=size_budget
+    )
+    return build_tree(tree, out_dir)

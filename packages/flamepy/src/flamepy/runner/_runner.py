@@ -167,7 +167,15 @@ class _RunnerFront:
 
     @property
     def package_uploaded(self) -> bool:
+        """Whether this Runner uploaded its package (False: storage had it)."""
         return self._core.package_uploaded
+
+    @property
+    def package_built(self) -> bool:
+        """Whether this Runner built its package (False: the tree is unchanged since a
+        build that the package index remembers, and storage had that package)."""
+        package = self._core.package
+        return package is not None and package.path is not None
 
 
 class Runner(_RunnerFront):

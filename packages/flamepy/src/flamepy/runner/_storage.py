@@ -29,6 +29,12 @@ log = logging.getLogger("flamepy.runner.storage")
 HTTP_TIMEOUT = 300.0
 
 
+def _archive(package: Package) -> Path:
+    if package.path is None:
+        raise InternalError(f"package {package.file_name} was not built, so it cannot be uploaded")
+    return package.path
+
+
 class PackageStorage(ABC):
     """Uploads, checks and deletes package archives; URLs name them for the installer."""
 
@@ -69,7 +75,7 @@ class FileStorage(PackageStorage):
     def upload(self, package: Package) -> str:
         target = self.directory / package.file_name
         tmp = target.with_name(f".{target.name}.part")
-        shutil.copyfile(package.path, tmp)
+        shutil.copyfile(_archive(package), tmp)
         tmp.replace(target)
         return self.url_for(package)
 
@@ -114,7 +120,7 @@ class CacheStorage(PackageStorage):
         return self.client.probe(self.key(package), version=1)
 
     def upload(self, package: Package) -> str:
-        self.client.upload(self.key(package), package.path)
+        self.client.upload(self.key(package), _archive(package))
         return self.url_for(package)
 
     def delete(self, url: str) -> None:
@@ -154,7 +160,7 @@ class HttpStorage(PackageStorage):
 
     def upload(self, package: Package) -> str:
         url = self.url_for(package)
-        status = self._request("PUT", url, package.path.read_bytes())
+        status = self._request("PUT", url, _archive(package).read_bytes())
         if status not in (200, 201, 204):
             raise InternalError(f"uploading the package to {url} failed with HTTP {status}")
         return url
