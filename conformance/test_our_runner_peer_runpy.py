@@ -25,7 +25,8 @@ from flame_testkit import ClusterThread
 from flamepy import ApplicationAttributes
 from flamepy.core.cache import ObjectRef
 from flamepy.runner._calls import INLINE_RESULT_LIMIT, pickle_request
-from flamepy.runner.types import INLINE_ATTRIBUTE, RunnerContext
+from flamepy.runner._pickling import pickle_context
+from flamepy.runner.types import CLIENT_PYTHON, INLINE_ATTRIBUTE, PYTHON_ATTRIBUTE, RunnerContext
 
 PEER_TEMPLATE = "peer-flmrun"
 
@@ -74,6 +75,10 @@ def _dumps(obj: Any) -> str:
     return cloudpickle.dumps(obj, protocol=cloudpickle.DEFAULT_PROTOCOL).hex()  # type: ignore[no-any-return]
 
 
+def _context(context: RunnerContext) -> str:
+    return pickle_context(context, context.execution_object).hex()
+
+
 def test_our_pickled_wire_types_are_the_peers_classes(
     run_peer: ScenarioRunner, by_value: None
 ) -> None:
@@ -83,9 +88,10 @@ def test_our_pickled_wire_types_are_the_peers_classes(
     _, request, _ = pickle_request("add", (ref, 5), {"k": ref})
     ours = {
         "request": request.hex(),  # the exact TaskSpec.input our Runner sends
-        "context_function": _dumps(RunnerContext(double)),
-        "context_class": _dumps(RunnerContext(Tally, autoscale=False)),
-        "context_object": _dumps(RunnerContext(Tally())),
+        # as the Runner sends them: marked with the client's Python (issue 21)
+        "context_function": _context(RunnerContext(double)),
+        "context_class": _context(RunnerContext(Tally, autoscale=False)),
+        "context_object": _context(RunnerContext(Tally())),
         "ref": _dumps(ref),
     }
     seen = run_peer("pickles.py", data={"ours": ours})["loaded"]
@@ -98,7 +104,8 @@ def test_our_pickled_wire_types_are_the_peers_classes(
             "method": "add",
             "args": [wire_ref, 5],
             "kwargs": {"k": wire_ref},
-            INLINE_ATTRIBUTE: INLINE_RESULT_LIMIT,  # our extra; the peer runpy ignores it
+            INLINE_ATTRIBUTE: INLINE_RESULT_LIMIT,  # our extras; the peer runpy ignores them
+            PYTHON_ATTRIBUTE: CLIENT_PYTHON,
         },
     }
     assert seen["ref"]["class"] == "flamepy.core.cache.ObjectRef"
@@ -119,7 +126,8 @@ def test_our_pickled_wire_types_are_the_peers_classes(
         assert seen[label]["class"] == "flamepy.runner.types.RunnerContext", label
         assert seen[label]["isinstance"] == ["RunnerContext"], label
         attributes = seen[label]["attributes"]
-        assert set(attributes) == {"execution_object", *flags}, label
+        assert set(attributes) == {"execution_object", PYTHON_ATTRIBUTE, *flags}, label
+        assert attributes[PYTHON_ATTRIBUTE] == CLIENT_PYTHON, label
         assert tuple(attributes[f] for f in flags) == values, label
 
 

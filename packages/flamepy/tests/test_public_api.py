@@ -82,3 +82,19 @@ def test_core_compat_path_reexports() -> None:
 
     assert flamepy.core.FlameError is flamepy.FlameError
     assert flamepy.core.create_session is flamepy.create_session
+
+
+RUNNER_PUBLIC = {
+    "AsyncObjectFuture", "AsyncRunner", "AsyncRunnerService", "FlameAsyncRunner",
+    "FlameRunner", "ObjectExpr", "ObjectFuture", "ObjectResult", "PackagePreview",
+    "RemoteError", "Runner", "RunnerContext", "RunnerRequest", "RunnerService",
+    "SessionContext",
+}  # fmt: skip
+
+
+def test_runner_public_api_is_pinned() -> None:
+    import flamepy.runner
+
+    assert set(flamepy.runner.__all__) == RUNNER_PUBLIC
+    for name in RUNNER_PUBLIC:
+        assert getattr(flamepy.runner, name) is not None

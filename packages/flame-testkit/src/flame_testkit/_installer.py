@@ -33,9 +33,11 @@ from typing import Literal
 
 from flamepy._auth import read_token_file
 from flamepy.proto import types_pb2
+from flamepy.runner._deps import INDEX_VARIABLES
 from flmrun._errors import InstallError
 from flmrun._fetch import CACHE_DEFAULT_PORT, HTTP_TIMEOUT, download, extract_once, file_name
 from flmrun._install import install_python_package
+from flmrun._tools import default_uv
 
 __all__ = [
     "CACHE_DEFAULT_PORT",
@@ -50,6 +52,7 @@ PATH_LIKE = ("PATH", "PYTHONPATH", "LD_LIBRARY_PATH")
 """Variables whose values :func:`merge_env` puts in front of the existing ones."""
 
 Kind = Literal["python", "binary"]
+_Key = tuple[Kind, str, tuple[tuple[str, str], ...]]
 
 
 def merge_env(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
@@ -81,8 +84,11 @@ class AppInstaller:
         self.cache_ca_file = cache_ca_file
         self.cache_token_file = cache_token_file
         self.python = python
+        # Resolved now, outside any project: a package's .python-version must not
+        # change which uv runs (a pyenv shim would pick it from there).
+        self.uv = default_uv()
         self._digest_locks: dict[str, asyncio.Lock] = {}
-        self._inflight: dict[tuple[Kind, str], asyncio.Future[dict[str, str]]] = {}
+        self._inflight: dict[_Key, asyncio.Future[dict[str, str]]] = {}
 
     async def install(self, app_name: str, spec: types_pb2.ApplicationSpec) -> dict[str, str]:
         """Install ``spec``'s package; return the extra environment for the instance.
@@ -103,10 +109,18 @@ class AppInstaller:
         url = spec.url.strip() if spec.HasField("url") else ""
         if not url:
             return {}
-        key: tuple[Kind, str] = ("python" if kind == "python" else "binary", url)
+        # Index settings in the application's environment are honoured (and key it).
+        settings = {
+            e.name: e.value for e in spec.environments if e.name in INDEX_VARIABLES and e.value
+        }
+        key: _Key = (
+            "python" if kind == "python" else "binary",
+            url,
+            tuple(sorted(settings.items())),
+        )
         shared = self._inflight.get(key)
         if shared is None:
-            shared = asyncio.ensure_future(self._install(app_name, key[0], url))
+            shared = asyncio.ensure_future(self._install(app_name, key[0], url, settings))
             self._inflight[key] = shared
             shared.add_done_callback(lambda done: self._finished(key, done))
         return dict(await asyncio.shield(shared))
@@ -116,13 +130,15 @@ class AppInstaller:
             return None
         return read_token_file(self.cache_token_file)
 
-    def _finished(self, key: tuple[Kind, str], done: asyncio.Future[dict[str, str]]) -> None:
+    def _finished(self, key: _Key, done: asyncio.Future[dict[str, str]]) -> None:
         if self._inflight.get(key) is done:
             del self._inflight[key]
         if not done.cancelled():
             done.exception()  # retrieved: no "never retrieved" warning if every waiter left
 
-    async def _install(self, app_name: str, kind: Kind, url: str) -> dict[str, str]:
+    async def _install(
+        self, app_name: str, kind: Kind, url: str, settings: dict[str, str]
+    ) -> dict[str, str]:
         download_dir = self.root / "downloads" / hashlib.sha256(url.encode()).hexdigest()
         name = file_name(url)
         partial = download_dir / f".{uuid.uuid4().hex}.{name}"  # keeps the archive suffix
@@ -146,6 +162,8 @@ class AppInstaller:
                     root=self.root / "envs",
                     digest=digest,
                     python=self.python,
+                    settings=settings,
+                    uv=self.uv,
                 )
                 return dict(installed.env)
         finally:

@@ -117,9 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{_PROG}: error: {exc}", file=sys.stderr)
         return 2
 
+    from flmrun._envs import hold_in_use
     from flmrun._server import configure_logging, run
 
     configure_logging()
+    # The installed code and environments this instance runs on stay while it runs.
+    hold_in_use(os.environ.get("PYTHONPATH", "").split(os.pathsep))
     try:
         run(_service_factory(args.service))
     except InstanceConfigError as exc:

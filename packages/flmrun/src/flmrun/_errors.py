@@ -10,10 +10,12 @@ The hierarchy::
     ├── UnsafeArchiveError      an application package archive has an unsupported name, is
     │                           corrupt, has a member that would escape its destination or is
     │                           not a plain file/directory/safe link, or exceeds a size limit
-    └── InstallError            an application package cannot be installed: no
-                                pyproject.toml/setup.py/setup.cfg, no installer available,
-                                the installer failed (the message names its log), a bad URL
-                                or installer name, a failed download
+    ├── InstallError            an application package cannot be installed: no
+    │                           pyproject.toml/setup.py/setup.cfg, no installer available,
+    │                           the installer failed (the message names its log and the
+    │                           tool), a bad URL or installer name, a failed download
+    └── PythonVersionError      code pickled by value by a client of another Python
+                                version (the message names both versions and the fixes)
 
 ``TaskFailure`` is not an error of flmrun: a service raises it to fail a task *with an
 output* (the Runner stores the pickled exception there); the reported message is that of
@@ -30,6 +32,7 @@ __all__ = [
     "FlmrunError",
     "InstallError",
     "InstanceConfigError",
+    "PythonVersionError",
     "ServiceLoadError",
     "TaskFailure",
     "UnsafeArchiveError",
@@ -77,3 +80,7 @@ class TaskFailure(Exception):
         super().__init__(str(cause))
         self.cause = cause
         self.output = output
+
+
+class PythonVersionError(FlmrunError):
+    """Code pickled by value by a client of another Python ``major.minor``."""

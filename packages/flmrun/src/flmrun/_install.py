@@ -1,23 +1,27 @@
-"""Install an extracted Python application package into a reusable, digest-keyed environment.
+"""Install an extracted Python application package into reusable environments.
 
-Layout under ``root`` (one directory per package digest, shared by every session and by
-every process that uses the same ``root``)::
+Layout under ``root`` (shared by every session and by every process that uses it)::
 
-    <root>/<digest>/.lock        fcntl.flock'ed while installing
-    <root>/<digest>/.installed   written last, atomically: the install is complete
-    <root>/<digest>/install.log  installer output, one "=== ..." header per run
-    <root>/<digest>/src/         a copy of the package source
-    <root>/<digest>/deps/        ``uv pip install --target`` (or ``pip install --target``)
+    <root>/<digest>/             one per package digest: the code
+        .lock                    fcntl.flock'ed while installing
+        .installed               written last, atomically: the install is complete
+        .inuse                   flock'ed (shared) by each instance that uses it
+        install.log              installer output, one "=== ..." header per run
+        src/                     a copy of the package source
+        deps/                    the project itself when it has to be built
+    <root>/env-<key>/            one per dependency declaration and Python version
+        deps/                    ``uv pip install --target`` (or ``pip install --target``)
 
-The first caller for a digest installs while holding the lock; concurrent callers (threads
-or processes) block on the lock and then reuse the result.  A failed install leaves no
-marker, so the next caller tries again; its error names the log file.
+The declaration (``uv.lock``, ``pyproject.toml``, ``requirements.txt``, the Runner's
+dependencies: :mod:`flamepy.runner._deps`) keys the environment, so a code edit
+reuses it.  The first caller installs while holding the lock; concurrent callers
+(threads or processes) block on it and then reuse the result.  A failed install
+leaves no marker, so the next caller tries again; its error names the tool that
+ran and the log file.  Least recently used directories beyond a size budget are
+removed (:mod:`flmrun._envs`).
 
-The package is installed with ``uv pip install --link-mode=copy --python <python> --target
-<deps> .`` when ``uv`` is on PATH, else with ``<python> -m pip install --target <deps> .``.
-The installer is skipped (``deps`` stays empty) for the minimal ``pyproject.toml`` the
-Runner generates for users without one: ``[tool.flame] generated = true`` and no
-``[project] dependencies``.  The environment returned follows flame-config.md §4.3.
+uv (resolved once: :mod:`flmrun._tools`) installs with its cache; without uv,
+``<python> -m pip``.  The environment returned follows flame-config.md §4.3.
 """
 
 from __future__ import annotations
@@ -33,17 +37,29 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flamepy.runner._deps import (
+    INDEX_VARIABLES,
+    LOCK_FILE,
+    REQUIREMENTS_FILE,
+    Dependencies,
+    DependencyError,
+    find_dependencies,
+)
+from flmrun._envs import claim_use, prune_environments, record_size
 from flmrun._errors import InstallError
+from flmrun._tools import default_uv
 
-try:  # Python 3.11+; without it the installer simply always runs
-    import tomllib as _toml
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    _toml = None  # type: ignore[assignment]
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+_DEFAULT_UV: Any = object()
 
 __all__ = [
     "INSTALL_TIMEOUT",
@@ -93,11 +109,11 @@ def package_digest(path: Path) -> str:
 def _pyproject(src: Path) -> dict[str, Any] | None:
     """``src/pyproject.toml`` parsed; None when it is missing or unreadable."""
     pyproject = Path(src) / "pyproject.toml"
-    if _toml is None or not pyproject.is_file():
+    if not pyproject.is_file():
         return None
     try:
-        data: dict[str, Any] = _toml.loads(pyproject.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, _toml.TOMLDecodeError):
+        data: dict[str, Any] = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return None
     return data
 
@@ -121,25 +137,18 @@ def is_generated_without_dependencies(src: Path) -> bool:
     return isinstance(deps, list) and not deps
 
 
-def declared_dependencies(src: Path) -> list[str] | None:
-    """``[project] dependencies`` of a project described by ``pyproject.toml`` alone
-    (no ``setup.py``/``setup.cfg``); None when the project must be installed whole."""
-    src = Path(src)
-    if (src / "setup.py").exists() or (src / "setup.cfg").exists():
-        return None
-    data = _pyproject(src)
-    project = data.get("project") if data is not None else None
-    if not isinstance(project, dict):
-        return None
-    deps = project.get("dependencies", [])
-    if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
-        return None
-    return [d.strip() for d in deps if d.strip()]
-
-
 def _is_generated(src: Path) -> bool:
     data = _pyproject(src)
     return data is not None and _generated(data)
+
+
+def _builds(src: Path) -> bool:
+    """Whether the project is a package to build (a setup file, or a pyproject with
+    a ``[build-system]``); one without is plain code, already on the path as ``src``."""
+    if (src / "setup.py").is_file() or (src / "setup.cfg").is_file():
+        return True
+    data = _pyproject(src)
+    return data is not None and isinstance(data.get("build-system"), dict)
 
 
 @functools.cache
@@ -157,12 +166,6 @@ def python_version(python: str) -> str:
     return out.stdout.strip() or "unknown"
 
 
-def dependency_key(deps: list[str], python: str) -> str:
-    """The key of an environment: the sorted dependency set and the Python version."""
-    doc = json.dumps({"dependencies": sorted(deps), "python": python_version(python)})
-    return hashlib.sha256(doc.encode()).hexdigest()[:32]
-
-
 def library_dirs(deps: Path, max_depth: int = LIBRARY_DEPTH) -> list[str]:
     """Directories under ``deps`` (depth 0..max_depth) that hold ``*.so``/``*.so.N`` files."""
     found: list[str] = []
@@ -178,14 +181,28 @@ def library_dirs(deps: Path, max_depth: int = LIBRARY_DEPTH) -> list[str]:
 
 
 def install_python_package(
-    src: Path, *, root: Path, digest: str, python: str = sys.executable
+    src: Path,
+    *,
+    root: Path,
+    digest: str,
+    python: str = sys.executable,
+    settings: Mapping[str, str] | None = None,
+    uv: str | None = _DEFAULT_UV,
 ) -> InstalledPackage:
     """Install the package in ``src`` into ``<root>/<digest>`` once, then reuse it.
 
+    Its declared dependencies (:mod:`flamepy.runner._deps`: ``uv.lock``,
+    ``pyproject.toml``, ``requirements.txt``, the Runner's) go to an environment
+    ``<root>/env-<key>`` keyed by that declaration, the Python version and the index
+    settings, shared by every version of the code.  ``settings`` are installer
+    variables (index URLs) to honour besides this process's environment; ``uv`` is
+    the resolved uv (None: pip; default: resolved once per process).
+
     Raises :class:`~flmrun._errors.InstallError` when ``src`` has no ``pyproject.toml``,
-    ``setup.py`` or ``setup.cfg`` at its root, when neither uv nor pip is available, or
-    when the installer fails (the message names ``install.log`` and quotes its tail).
-    Blocks while another thread or process installs the same digest.
+    ``setup.py`` or ``setup.cfg`` at its root, when a declaration cannot be read, when
+    neither uv nor pip is available, or when the installer fails (the message names
+    ``install.log`` and quotes its tail).  Blocks while another thread or process
+    installs the same digest or environment.
     """
     src, root = Path(src), Path(root)
     if not _DIGEST_RE.match(digest):
@@ -195,25 +212,62 @@ def install_python_package(
             f"{src} is not a Python project: none of {', '.join(PROJECT_FILES)} at its root "
             "(the Runner generates a pyproject.toml when the directory has none)"
         )
-    declared = declared_dependencies(src)
+    try:
+        declared = find_dependencies(src)
+    except DependencyError as exc:
+        raise InstallError(f"the package's dependencies cannot be read: {exc}") from exc
+    tools = _Tools(python, default_uv() if uv is _DEFAULT_UV else uv, _settings(settings))
     home = root / digest
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     marker = home / MARKER_NAME
     if not marker.is_file():
         with _locked(home / LOCK_NAME):
             if not marker.is_file():
-                # A pyproject-only project's dependencies go to an environment of
-                # their own (below), shared by every version of the code.
-                _install(src, home, digest, python, with_deps=declared is None)
+                # Declared dependencies go to an environment of their own (below),
+                # shared by every version of the code.
+                _install(src, home, digest, tools, declared)
     env_home = None
-    if declared:
-        env_home = root / f"env-{dependency_key(declared, python)}"
+    if not declared.installs_whole and not declared.empty:
+        env_home = root / f"env-{declared.key(python_version(python), tools.settings)}"
         env_home.mkdir(mode=0o700, exist_ok=True)
         if not (env_home / MARKER_NAME).is_file():
             with _locked(env_home / LOCK_NAME):
                 if not (env_home / MARKER_NAME).is_file():
-                    _install_requirements(declared, src, env_home, python)
+                    _install_dependencies(declared, src, env_home, tools)
+    used = [home] + ([env_home] if env_home is not None else [])
+    for path in used:
+        claim_use(path)
+    prune_environments(root, keep=used)
     return _installed(home, digest, env_home)
+
+
+@dataclass(frozen=True)
+class _Tools:
+    python: str
+    uv: str | None
+    settings: dict[str, str]
+
+    def environ(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.settings)
+        return env
+
+
+def _settings(given: Mapping[str, str] | None) -> dict[str, str]:
+    """The index settings in effect: this process's, then ``given``; an index given
+    in one installer's terms is passed on in the other's too."""
+    merged = {k: os.environ[k] for k in INDEX_VARIABLES if os.environ.get(k)}
+    merged.update({k: v for k, v in (given or {}).items() if k in INDEX_VARIABLES and v})
+    for uv_name, pip_name in (
+        ("UV_INDEX_URL", "PIP_INDEX_URL"),
+        ("UV_EXTRA_INDEX_URL", "PIP_EXTRA_INDEX_URL"),
+        ("UV_FIND_LINKS", "PIP_FIND_LINKS"),
+    ):
+        if merged.get(pip_name) and not merged.get(uv_name):
+            merged[uv_name] = merged[pip_name]
+        elif merged.get(uv_name) and not merged.get(pip_name):
+            merged[pip_name] = merged[uv_name]
+    return merged
 
 
 @contextlib.contextmanager
@@ -226,29 +280,78 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _install_requirements(requirements: list[str], src: Path, home: Path, python: str) -> None:
-    """Run under the lock: install ``requirements`` into ``home/deps``, then the marker."""
+def _install_dependencies(declared: Dependencies, src: Path, home: Path, tools: _Tools) -> None:
+    """Run under the lock: install what ``declared`` names into ``home/deps``, then the
+    marker."""
     deps, partial = home / "deps", home / "deps.partial"
     for stale in (deps, partial):
         shutil.rmtree(stale, ignore_errors=True)
+    log = home / LOG_NAME
+    extras = list(declared.extras)
+    if declared.source == LOCK_FILE:
+        locked = _export_lock(src, home, tools)
+        what = ["-r", str(locked), *extras] if extras else ["--no-deps", "-r", str(locked)]
+    elif declared.source == REQUIREMENTS_FILE:
+        what = ["-r", str(src / REQUIREMENTS_FILE), *extras]
+    else:
+        what = [*declared.requirements, *extras]
     try:
-        how = _run_installer(src, partial, home / LOG_NAME, python, requirements)
+        how = _run_installer(src, partial, log, tools, what)
         os.rename(partial, deps)
-        record = {"dependencies": requirements, "installer": how, "python": python}
-        tmp = home / f"{MARKER_NAME}.tmp"
-        tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
-        os.rename(tmp, home / MARKER_NAME)
+        record = {
+            "source": declared.source,
+            "dependencies": list(declared.requirements),
+            "extras": extras,
+            "installer": how,
+            "python": tools.python,
+        }
+        _write_marker(home, record)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
 
 
-def _install(src: Path, home: Path, digest: str, python: str, with_deps: bool = True) -> None:
+def _export_lock(src: Path, home: Path, tools: _Tools) -> Path:
+    """``uv.lock`` as exact pins (``uv export --frozen``: no resolution), in ``home``."""
+    if tools.uv is None:
+        raise InstallError(
+            f"{src} has a uv.lock, which only uv installs exactly, and uv is not on this "
+            "host's PATH; install uv (https://docs.astral.sh/uv/), or remove uv.lock "
+            "from the package to install pyproject.toml's ranges"
+        )
+    out = home / "locked-requirements.txt"
+    cmd = [
+        tools.uv,
+        "export",
+        "--frozen",
+        "--no-dev",
+        "--no-hashes",
+        "--no-emit-project",
+        "--no-emit-workspace",
+        "--no-header",
+        "--no-annotate",
+        "--format",
+        "requirements-txt",
+        "--output-file",
+        str(out),
+    ]
+    _run_logged(cmd, src, home / LOG_NAME, tools, f"exporting {LOCK_FILE} with {tools.uv}")
+    return out
+
+
+def _write_marker(home: Path, record: dict[str, Any]) -> None:
+    record["bytes"] = record_size(home / "deps")
+    tmp = home / f"{MARKER_NAME}.tmp"
+    tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    os.rename(tmp, home / MARKER_NAME)
+
+
+def _install(src: Path, home: Path, digest: str, tools: _Tools, declared: Dependencies) -> None:
     """Run under the lock: (re)build ``home/src`` and ``home/deps`` and write the marker.
 
-    ``with_deps`` False installs the project alone (its dependencies have an
-    environment of their own), and nothing for a Runner-generated pyproject, whose
-    code is ``src`` itself."""
+    A project installed whole (setup.py/setup.cfg) gets its dependencies here too;
+    otherwise the project installs alone (its dependencies have an environment of
+    their own), and a Runner-generated pyproject not at all: its code is ``src``."""
     pkg_src, deps, log = home / "src", home / "deps", home / LOG_NAME
     partial_deps = home / "deps.partial"
     for stale in (deps, partial_deps):
@@ -260,40 +363,38 @@ def _install(src: Path, home: Path, digest: str, python: str, with_deps: bool = 
         shutil.copytree(src, partial_src, symlinks=True)
         os.rename(partial_src, pkg_src)
     try:
-        if is_generated_without_dependencies(pkg_src) or (not with_deps and _is_generated(pkg_src)):
+        if _is_generated(pkg_src) or not _builds(pkg_src):
             how = "skipped"
             with log.open("a", encoding="utf-8") as fh:
-                fh.write(_header(f"{digest}: generated pyproject.toml without dependencies"))
-                fh.write("nothing to install\n")
+                fh.write(_header(f"{digest}: a project without a build system"))
+                fh.write("nothing to build: the code is the package's source\n")
             partial_deps.mkdir()
+        elif declared.installs_whole:
+            how = _run_installer(pkg_src, partial_deps, log, tools, [".", *declared.extras])
         else:
-            what = ["."] if with_deps else ["--no-deps", "."]
-            how = _run_installer(pkg_src, partial_deps, log, python, what)
+            how = _run_installer(pkg_src, partial_deps, log, tools, ["--no-deps", "."])
         os.rename(partial_deps, deps)
-        record = {"digest": digest, "installer": how, "python": python, "at": time.time()}
-        tmp = home / f"{MARKER_NAME}.tmp"
-        tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
-        os.rename(tmp, home / MARKER_NAME)
+        _write_marker(home, {"digest": digest, "installer": how, "python": tools.python})
     except BaseException:
         shutil.rmtree(partial_deps, ignore_errors=True)
         shutil.rmtree(deps, ignore_errors=True)
         raise
 
 
-def _installer_command(python: str, target: Path, what: list[str]) -> tuple[str, list[str]]:
-    uv = shutil.which("uv")
-    if uv is not None:
-        return "uv", [
-            uv,
+def _installer_command(tools: _Tools, target: Path, what: list[str]) -> tuple[str, list[str]]:
+    if tools.uv is not None:
+        return tools.uv, [
+            tools.uv,
             "pip",
             "install",
             "--link-mode=copy",
             "--python",
-            python,
+            tools.python,
             "--target",
             str(target),
             *what,
         ]
+    python = tools.python
     try:
         probe = subprocess.run(
             [python, "-m", "pip", "--version"],
@@ -310,7 +411,7 @@ def _installer_command(python: str, target: Path, what: list[str]) -> tuple[str,
             f"cannot install Python packages: 'uv' is not on PATH and {python} has no pip; "
             f"install uv (https://docs.astral.sh/uv/) or run '{python} -m ensurepip'"
         )
-    return "pip", [
+    return f"{python} -m pip", [
         python,
         "-m",
         "pip",
@@ -323,17 +424,23 @@ def _installer_command(python: str, target: Path, what: list[str]) -> tuple[str,
     ]
 
 
-def _run_installer(
-    src: Path, target: Path, log: Path, python: str, what: list[str] | None = None
-) -> str:
-    how, cmd = _installer_command(python, target, what or ["."])
+def _run_installer(src: Path, target: Path, log: Path, tools: _Tools, what: list[str]) -> str:
+    how, cmd = _installer_command(tools, target, what)
+    _run_logged(cmd, src, log, tools, f"installing the package in {src} with {how}")
+    return "pip" if how.endswith(" -m pip") else "uv"
+
+
+def _run_logged(cmd: list[str], cwd: Path, log: Path, tools: _Tools, what: str) -> None:
+    """Run ``cmd`` in ``cwd``, its output appended to ``log``; InstallError naming
+    ``what`` (which tool ran) when it fails."""
     with log.open("a", encoding="utf-8") as fh:
-        fh.write(_header(" ".join(cmd) + f"  (in {src})"))
+        fh.write(_header(" ".join(cmd) + f"  (in {cwd})"))
         fh.flush()
         try:
             proc = subprocess.run(
                 cmd,
-                cwd=src,
+                cwd=cwd,
+                env=tools.environ(),
                 stdin=subprocess.DEVNULL,
                 stdout=fh,
                 stderr=subprocess.STDOUT,
@@ -347,10 +454,7 @@ def _run_installer(
             code = f"could not start: {exc}"
         fh.write(f"=== exit: {code}\n")
     if code != 0:
-        raise InstallError(
-            f"installing the package in {src} with {how} failed ({code}); see {log}:\n" + _tail(log)
-        )
-    return how
+        raise InstallError(f"{what} failed ({code}); see {log}:\n" + _tail(log))
 
 
 def _header(what: str) -> str:

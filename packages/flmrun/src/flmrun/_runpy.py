@@ -47,7 +47,8 @@ from flamepy.runner.types import (
     RunnerContext,
     RunnerRequest,
 )
-from flmrun._errors import TaskFailure
+from flmrun._errors import PythonVersionError, TaskFailure
+from flmrun._pyversion import THIS_PYTHON, check_payload, sender_python
 from flmrun._service import FlameService, SessionContext, TaskContext
 
 log = logging.getLogger("flmrun.runpy")
@@ -115,11 +116,29 @@ def _rebuildable(exc: BaseException, type_name: str, message: str, text: str) ->
     return payload
 
 
-def _decode_request(data: Any, what: str) -> RunnerRequest:
+def _unpickle_from(data: Any, what: str, sender: str | None) -> Any:
+    """Unpickle what a client of Python ``sender`` sent; refuse by-value code of
+    another version first, and name the mismatch when unpickling fails anyway."""
+    sender = check_payload(data, what, sender)
+    try:
+        return unpickle(data)
+    except Exception as exc:
+        if sender is None or sender == THIS_PYTHON:
+            raise
+        raise PythonVersionError(
+            f"{what} could not be unpickled ({type(exc).__name__}: {exc}); it was pickled "
+            f"by Python {sender} and this instance runs Python {THIS_PYTHON}"
+        ) from exc
+
+
+def _decode_request(data: Any, what: str, sender: str | None = None) -> RunnerRequest:
     """A pickled RunnerRequest (``what`` names it in errors), type-checked."""
     if not isinstance(data, (bytes, bytearray)):
         raise TypeError(f"{what} is a {type(data).__name__}, not pickled bytes")
-    request = unpickle(data)
+    if sender is None or sender == THIS_PYTHON:
+        request = unpickle(data)  # the same Python: nothing to check
+    else:
+        request = _unpickle_from(data, what, sender)
     if not isinstance(request, RunnerRequest):
         raise TypeError(f"{what} holds a {type(request).__name__}, not a RunnerRequest")
     request.validate()
@@ -141,6 +160,7 @@ class RunpyService(FlameService):
 
     def __init__(self) -> None:
         self._context: RunnerContext | None = None
+        self._client_python: str | None = None
         self._object: Any = None
         self._ref: ObjectRef | None = None
         self._prefix = ""
@@ -156,22 +176,31 @@ class RunpyService(FlameService):
             raise ValueError("Common data is None in session context")
         self._ensure_package(context)
         self._ref = ObjectRef.decode(context.common_data)
-        self._load_context(self._ref)
+        self._load_context(self._ref, first=True)
         self._prefix = f"{context.application.name}/{context.session_id}"
 
     def _ensure_package(self, context: SessionContext) -> None:
         url = context.application.url
         if not url or os.environ.get(PACKAGE_SRC_ENV):
             return  # nothing to install, or the executor manager installed it
+        from flmrun._envs import hold_in_use
         from flmrun._selfinstall import install_from_url
 
-        for entry in reversed(install_from_url(context.application.name, url)):
+        entries = install_from_url(context.application.name, url)
+        hold_in_use(entries)
+        for entry in reversed(entries):
             if entry not in sys.path:
                 sys.path.insert(0, entry)
 
-    def _load_context(self, ref: ObjectRef) -> None:
+    def _load_context(self, ref: ObjectRef, first: bool = False) -> None:
         data = get_object(ref)
-        value = unpickle(data) if isinstance(data, (bytes, bytearray)) else data
+        if not isinstance(data, (bytes, bytearray)):
+            value = data
+        elif first:  # the client's Python is learnt once, from the service's code
+            self._client_python = sender_python(data)
+            value = _unpickle_from(data, "the service's code", self._client_python)
+        else:
+            value = unpickle(data)
         if not isinstance(value, RunnerContext):
             raise TypeError(f"common data holds a {type(value).__name__}, not a RunnerContext")
         self._context = value
@@ -218,7 +247,11 @@ class RunpyService(FlameService):
         results: list[tuple[bool, Any]] = []
         for i in range(len(rest) + 1):
             try:
-                request = head if i == 0 else _decode_request(rest[i - 1], "a batched call")
+                request = (
+                    head
+                    if i == 0
+                    else _decode_request(rest[i - 1], "a batched call", self._client_python)
+                )
                 result = self._call(request, results)
                 outputs.append(self._output(request, result))
                 results.append((True, result))
@@ -272,7 +305,7 @@ class RunpyService(FlameService):
             raise RuntimeError("no session context: on_session_enter did not succeed")
         if context.input is None:
             raise ValueError("task input is missing")
-        request = _decode_request(context.input, "task input")
+        request = _decode_request(context.input, "this call", self._client_python)
         if self._context.stateful and self._ref is not None and not self._wrote_last:
             self._load_context(self._ref)  # the cache's copy is the source of truth
         return request

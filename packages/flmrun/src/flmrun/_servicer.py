@@ -31,7 +31,7 @@ from typing import Any, TypeVar, cast
 import grpc
 
 from flamepy.proto import shim_pb2, types_pb2
-from flmrun._errors import TaskFailure
+from flmrun._errors import InstallError, PythonVersionError, TaskFailure
 from flmrun._service import ApplicationContext, FlameService, SessionContext, TaskContext
 
 logger = logging.getLogger("flmrun.server")
@@ -47,9 +47,12 @@ def format_error(exc: BaseException) -> str:
 
     The traceback is :func:`traceback.format_exception`'s text, including chained
     exceptions, with the leading frames of flmrun's plumbing left out so that it
-    starts at the service's own code.
+    starts at the service's own code.  flmrun's own verdicts (a Python version
+    mismatch, a failed install) are reported without a traceback.
     """
     head = f"{type(exc).__qualname__}: {exc}"
+    if isinstance(exc, (PythonVersionError, InstallError)):
+        return head  # flmrun's own verdict, complete: its frames would only be noise
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename in _PLUMBING:
         tb = tb.tb_next

@@ -6,6 +6,7 @@ everything else is private and re-exported here.
 
 from flamepy._errors import RemoteError
 from flamepy.runner._future import AsyncObjectFuture, ObjectExpr, ObjectFuture, ObjectResult
+from flamepy.runner._publish import PackagePreview
 from flamepy.runner._runner import (
     AsyncRunner,
     AsyncRunnerService,
@@ -25,6 +26,7 @@ __all__ = [
     "ObjectExpr",
     "ObjectFuture",
     "ObjectResult",
+    "PackagePreview",
     "RemoteError",
     "Runner",
     "RunnerContext",

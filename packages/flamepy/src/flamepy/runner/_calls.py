@@ -25,9 +25,11 @@ from flamepy._pickle import dumps, dumps_as, is_plain
 from flamepy._types import Task
 from flamepy.core.cache import ObjectRef, put_object_async
 from flamepy.runner.types import (
+    CLIENT_PYTHON,
     ERROR_RESULT_MAGIC,
     INLINE_ATTRIBUTE,
     INLINE_RESULT_MAGIC,
+    PYTHON_ATTRIBUTE,
     REBUILD_EXCEPTION,
     RunnerRequest,
 )
@@ -124,6 +126,7 @@ def pickle_request(
     the standard pickle made it (see ``flamepy._pickle``)."""
     request = RunnerRequest(method=method, args=args or None, kwargs=kwargs or None)
     setattr(request, INLINE_ATTRIBUTE, INLINE_RESULT_LIMIT)
+    setattr(request, PYTHON_ATTRIBUTE, CLIENT_PYTHON)
     try:
         plain = is_plain(request)
         return request, dumps_as(request, plain), plain

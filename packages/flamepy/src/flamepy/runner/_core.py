@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +41,10 @@ from flamepy._types import (
 from flamepy.core.cache import delete_objects, put_object_async
 from flamepy.runner._batch import Batcher, Call, CallState
 from flamepy.runner._calls import CallResult, SubmissionOrder, Turn, succeeded
-from flamepy.runner._package import (
-    DEFAULT_SIZE_BUDGET,
-    Package,
-    build_tree,
-    indexed_package,
-    scan_tree,
-)
+from flamepy.runner._deps import INDEX_VARIABLES
+from flamepy.runner._package import DEFAULT_SIZE_BUDGET, Package
 from flamepy.runner._pickling import bind_constructor, check_arguments, pickle_context
+from flamepy.runner._publish import PackagePreview, Publisher
 from flamepy.runner._storage import PackageStorage, storage_for
 from flamepy.runner.types import RunnerContext, SessionContext, is_function
 
@@ -103,12 +99,17 @@ def public_methods(obj: Any) -> list[str]:
 
 
 def clone_template(
-    template: Application, name: str, url: str, python_version: str | None
+    template: Application,
+    name: str,
+    url: str,
+    python_version: str | None,
+    index_settings: Mapping[str, str] | None = None,
 ) -> ApplicationAttributes:
     """The application spec Runner registers, derived from the template (config §5)."""
     environments = dict(template.environments or {})
     if python_version:
         environments["FLAME_PYTHON_VERSION"] = python_version
+    environments.update(index_settings or {})
     workdir = None
     if template.working_directory:
         workdir = f"{template.working_directory.rstrip('/')}/{name}"
@@ -143,9 +144,18 @@ class RunnerCore:
         template: str | None = None,
         root: str | os.PathLike[str] | None = None,
         size_budget: int = DEFAULT_SIZE_BUDGET,
+        index_settings: Mapping[str, str] | None = None,
+        dry_run: bool = False,
     ) -> None:
         if not name:
             raise InvalidArgumentError("a Runner needs an application name")
+        unknown = sorted(set(index_settings or {}) - set(INDEX_VARIABLES))
+        if unknown:
+            raise InvalidArgumentError(
+                f"index_settings accepts {', '.join(INDEX_VARIABLES)}; not {', '.join(unknown)}"
+            )
+        self.index_settings = dict(index_settings or {})
+        self.dry_run = dry_run
         self.requested_name = name
         # Each Runner registers an application of its own: two programs that chose
         # the same name never run each other's code or clean up each other's
@@ -163,7 +173,8 @@ class RunnerCore:
         self.owner = False
         self.package: Package | None = None
         self.package_url: str | None = None
-        self.package_uploaded = False
+        self.preview: PackagePreview | None = None
+        self._publisher: Publisher | None = None
         self._storage: PackageStorage | None = None
         self._workdir: Path | None = None
         self.services: list[ServiceCore] = []
@@ -175,6 +186,9 @@ class RunnerCore:
         return self.conn
 
     async def setup(self) -> None:
+        if self.dry_run:
+            await self.dry_run_package()
+            return
         ctx = FlameContext()
         endpoint = await asyncio.to_thread(resolve_endpoint, ctx)
         self.cache_endpoint = await asyncio.to_thread(resolve_cache_endpoint, ctx)
@@ -207,78 +221,55 @@ class RunnerCore:
                 f"{conn.endpoint}; register it, or set runner.template in flame.yaml "
                 "(or Runner(template=...)) to one that is"
             )
-        excludes = [*(ctx.package.excludes if ctx.package else ()), *self.excludes]
         storage_url = self.storage_url or (ctx.package.storage if ctx.package else None)
         # Packages are named by the chosen name and their content, not by this Runner's
         # application: Runners of one name, at once or one after another, share an
         # unchanged package; it stays after exit so the next run skips the upload.
-        self._storage = storage_for(
+        self._storage = storage = storage_for(
             storage_url,
             self.requested_name,
             cache_endpoint=self.cache_endpoint,
             cache_ca_file=self.cache_ca,
         )
-        self._workdir = Path(tempfile.mkdtemp(prefix="flame-runner-"))
-        storage = self._storage
-        tree = await asyncio.to_thread(
-            scan_tree,
-            self.root,
-            self.requested_name,
-            self._workdir,
-            excludes=excludes,
-            dependencies=self.dependencies,
-            size_budget=self.size_budget,
-        )
-        indexed = await asyncio.to_thread(indexed_package, tree)
-        if indexed is not None and await asyncio.to_thread(storage.exists, indexed):
-            # An unchanged tree whose package is stored: not even built.
-            log.info("package %s is already in storage; not uploading it again", indexed.file_name)
-            package = indexed
-        else:
-            package = await asyncio.to_thread(build_tree, tree, self._workdir)
-            absent = indexed is not None and indexed.digest == package.digest
-            if not absent and await asyncio.to_thread(storage.exists, package):
-                log.info(
-                    "package %s is already in storage; not uploading it again", package.file_name
-                )
-            else:
-                await asyncio.to_thread(storage.upload, package)
-                self.package_uploaded = True
+        publisher = self._publisher_for(ctx)
+        package = await publisher.publish(storage)
         self.package = package
-        self.package_url = self._storage.url_for(package)
-        attrs = clone_template(template, self.name, self.package_url, self.python_version)
+        self.package_url = storage.url_for(package)
+        attrs = clone_template(
+            template, self.name, self.package_url, self.python_version, self.index_settings
+        )
         await conn.register_application(self.name, attrs)
         self.owner = True
-        if not self.package_uploaded and not await asyncio.to_thread(storage.exists, package):
-            # Another Runner of this name pruned it between our check and our
-            # registration (it was not in use yet): put it back, the same bytes.
-            if package.path is None:
-                package = await asyncio.to_thread(build_tree, tree, self._workdir)
-            if package.digest != self.package.digest:
-                raise InternalError(
-                    f"the package {self.package.file_name} was removed from storage while "
-                    "this Runner started, and the project has changed since; start again"
-                )
-            await asyncio.to_thread(storage.upload, package)
-            self.package_uploaded = True
-            self.package = package
+        await publisher.keep(storage)
+        self.package = publisher.package
 
-    async def _prune_packages(self, conn: AsyncConnection) -> None:
-        """Keep this Runner's package for the next run; remove the name's older ones
-        that no registered application uses.  Storage that cannot list (HTTP) gets
-        this Runner's own upload removed instead, as nothing else would remove it."""
-        storage, url = self._storage, self.package_url
-        if storage is None or url is None:
-            return
-        listed = await asyncio.to_thread(storage.packages, self.requested_name)
-        if listed is None:
-            await asyncio.to_thread(storage.delete, url)
-            return
-        in_use = {app.url for app in await conn.list_applications()}
-        for other in listed:
-            if other != url and other not in in_use:
-                log.info("removing superseded package %s", other)
-                await asyncio.to_thread(storage.delete, other)
+    def _publisher_for(self, ctx: FlameContext) -> Publisher:
+        if self._publisher is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix="flame-runner-"))
+            self._publisher = Publisher(
+                self.root,
+                self.requested_name,
+                self._workdir,
+                excludes=[*(ctx.package.excludes if ctx.package else ()), *self.excludes],
+                dependencies=self.dependencies,
+                size_budget=self.size_budget,
+            )
+        return self._publisher
+
+    @property
+    def package_uploaded(self) -> bool:
+        return self._publisher is not None and self._publisher.uploaded
+
+    async def dry_run_package(self) -> PackagePreview:
+        """Package and report, without reaching any cluster."""
+        try:
+            preview = await self._publisher_for(FlameContext()).preview()
+        finally:
+            if self._workdir is not None:
+                shutil.rmtree(self._workdir, ignore_errors=True)
+                self._workdir = None
+        self.preview = preview
+        return preview
 
     def _same_name(self, application: str) -> bool:
         """Whether ``application`` is this Runner's name, or another Runner's of it."""
@@ -298,6 +289,11 @@ class RunnerCore:
         args: tuple[Any, ...],
         kwargs: dict[str, Any] | None,
     ) -> ServiceCore:
+        if self.dry_run:
+            raise InvalidArgumentError(
+                "this Runner was made with dry_run=True: it packages and reports "
+                "(Runner.preview), and runs nothing; drop dry_run to run calls"
+            )
         if resreq is None and inside_an_instance():
             resreq = NESTED_RESREQ
         service = ServiceCore(self, execution_object, autoscale, warmup, resreq, args, kwargs)
@@ -394,9 +390,9 @@ class RunnerCore:
                 await asyncio.to_thread(delete_objects, f"{self.name}/*")
             except Exception as exc:
                 errors.append(exc)
-            if self.package_uploaded:
+            if self._publisher is not None and self._storage is not None:
                 try:
-                    await self._prune_packages(self.conn)
+                    await self._publisher.prune(self._storage, self.conn)
                 except Exception as exc:
                     errors.append(exc)
         if self._workdir is not None:

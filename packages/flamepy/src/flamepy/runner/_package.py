@@ -27,6 +27,7 @@ from typing import Any
 import pathspec
 
 from flamepy._errors import InvalidArgumentError
+from flamepy.runner._deps import EXTRA_FILE
 from flamepy.runner._package_index import IndexedPackage, fingerprint, lookup, remember
 
 log = logging.getLogger("flamepy.runner.package")
@@ -84,10 +85,7 @@ class Tree:
     entries: tuple[tuple[str, Path, os.stat_result], ...]
     extra: dict[str, bytes]
     fingerprint: str
-
-    @property
-    def has_project(self) -> bool:
-        return not self.extra
+    has_project: bool
 
 
 def _normalize(name: str) -> str:
@@ -214,8 +212,15 @@ def scan_tree(
     _check_budget([(rel, path, st.st_size) for rel, path, st in entries], size_budget)
     has_project = any((root / f).is_file() for f in PROJECT_FILES)
     extra = {} if has_project else {"pyproject.toml": generated_pyproject(name, dependencies)}
+    if has_project and dependencies:
+        # The user's project stays as it is; the Runner's dependencies go beside it.
+        mine = [rel for rel, _, _ in entries if rel == EXTRA_FILE]
+        known = (root / EXTRA_FILE).read_text(encoding="utf-8") if mine else ""
+        lines = [*known.splitlines(), *sorted(dependencies)]
+        extra[EXTRA_FILE] = ("\n".join(line for line in lines if line.strip()) + "\n").encode()
+        entries = [e for e in entries if e[0] != EXTRA_FILE]
     key = fingerprint(name, [(rel, st) for rel, _, st in entries], extra)
-    return Tree(root, name, tuple(entries), extra, key)
+    return Tree(root, name, tuple(entries), extra, key, has_project)
 
 
 def indexed_package(tree: Tree) -> Package | None:

@@ -12,7 +12,7 @@ from typing import Any
 import cloudpickle
 
 from flamepy._errors import InvalidArgumentError
-from flamepy.runner.types import RunnerContext
+from flamepy.runner.types import CLIENT_PYTHON, PYTHON_ATTRIBUTE, RunnerContext
 
 MAX_DEPTH = 12
 CHECK_DEPTH = 3
@@ -103,6 +103,7 @@ def find_unpicklable(obj: Any, path: str, depth: int = 0) -> tuple[str, Exceptio
 
 def pickle_context(context: RunnerContext, original: Any) -> bytes:
     """cloudpickle the context, or fail naming the attribute that cannot be pickled."""
+    setattr(context, PYTHON_ATTRIBUTE, CLIENT_PYTHON)
     try:
         return _dumps(context)
     except Exception as exc:

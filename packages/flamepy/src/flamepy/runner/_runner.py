@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from flamepy._errors import FlameTimeoutError
@@ -32,6 +32,7 @@ from flamepy.runner._future import (
     wait_all,
 )
 from flamepy.runner._package import DEFAULT_SIZE_BUDGET
+from flamepy.runner._publish import PackagePreview
 
 FutureT = TypeVar("FutureT", ObjectFuture, AsyncObjectFuture)
 
@@ -122,8 +123,13 @@ class _RunnerFront:
     beside another Runner of that name instead.  Options:
     ``dependencies`` (pip requirement strings), ``python_version``,
     ``excludes`` (gitignore patterns), ``storage`` (package storage URL),
-    ``template`` (the application to clone), ``root`` (the directory to package)
-    and ``size_budget`` (bytes).
+    ``template`` (the application to clone), ``root`` (the directory to package),
+    ``size_budget`` (bytes), ``index_settings`` (``UV_INDEX_URL``,
+    ``UV_EXTRA_INDEX_URL``, ``PIP_INDEX_URL``, ... for the executor's installer;
+    they are part of the application's spec, so anyone who can list applications
+    sees them: keep credentials in the cluster's environment) and ``dry_run``
+    (package and report what the package holds and declares, :attr:`preview`,
+    without reaching a cluster).
     """
 
     def __init__(
@@ -138,6 +144,8 @@ class _RunnerFront:
         template: str | None = None,
         root: str | os.PathLike[str] | None = None,
         size_budget: int = DEFAULT_SIZE_BUDGET,
+        index_settings: Mapping[str, str] | None = None,
+        dry_run: bool = False,
     ) -> None:
         self.name = name
         self._core = RunnerCore(
@@ -150,6 +158,8 @@ class _RunnerFront:
             template=template,
             root=root,
             size_budget=size_budget,
+            index_settings=index_settings,
+            dry_run=dry_run,
         )
         self._start()
 
@@ -169,6 +179,12 @@ class _RunnerFront:
     def package_uploaded(self) -> bool:
         """Whether this Runner uploaded its package (False: storage had it)."""
         return self._core.package_uploaded
+
+    @property
+    def preview(self) -> PackagePreview | None:
+        """What the package holds and which dependencies it declares (set by
+        ``dry_run=True``; ``str()`` of it is a readable summary)."""
+        return self._core.preview
 
     @property
     def package_built(self) -> bool:

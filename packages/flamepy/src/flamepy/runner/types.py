@@ -9,6 +9,7 @@ as they are.  Extra attributes are ignored by Flame's own runpy.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,12 @@ Flame's own runpy ignores it."""
 BATCH_ATTRIBUTE = "flame_batch"
 """Extra RunnerRequest attribute: the further calls (pickled RunnerRequests) of a
 batch task.  Flame's own runpy ignores it and runs the first call only."""
+
+PYTHON_ATTRIBUTE = "flame_python"
+"""Extra attribute of the pickled RunnerContext and of every RunnerRequest: the
+client's Python ``major.minor``.  flmrun refuses code pickled by value by another
+Python version; Flame's own runpy ignores it."""
+CLIENT_PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 
 def is_function(obj: Any) -> bool:
@@ -123,6 +130,7 @@ __all__ = [
     "ERROR_RESULT_MAGIC",
     "INLINE_ATTRIBUTE",
     "INLINE_RESULT_MAGIC",
+    "PYTHON_ATTRIBUTE",
     "BatchSlot",
     "RunnerContext",
     "RunnerRequest",
