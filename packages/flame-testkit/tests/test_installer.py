@@ -202,6 +202,7 @@ def test_unsafe_archive_is_refused(installer: AppInstaller, tmp_path: Path) -> N
         install(installer, spec("python", evil.as_uri()))
     assert isinstance(info.value, FlmrunError)
     assert info.value.member == "../escape.py"
+    assert info.value.archive == evil.as_uri()  # the URL given, not the temporary download
     assert not (installer.root / "packages" / sha256(evil) / "src").exists()
     assert not (tmp_path / "escape.py").exists()
 

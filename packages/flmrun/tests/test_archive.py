@@ -255,6 +255,42 @@ def test_dotdot_traversal(suffix: str, name: str, arc: Path, out: Path) -> None:
 
 
 @pytest.mark.parametrize("suffix", BOTH)
+@pytest.mark.parametrize(
+    "name",
+    [
+        "evil\nname.py",
+        "dir\r/x.py",
+        "pkg/\x1b[31mred.py",
+        "tab\there.py",
+        "del\x7f.py",
+        "c1\x85.py",
+    ],
+)
+def test_control_character_in_name(suffix: str, name: str, arc: Path, out: Path) -> None:
+    archive = write_archive(arc / f"a{suffix}", [Entry("ok.txt", data=b"x"), Entry(name)])
+    refuse(archive, out, member=name, reason="control character")
+
+
+def test_control_character_in_symlink_target(arc: Path, out: Path) -> None:
+    archive = write_archive(arc / "a.tar", [Entry("link", "symlink", link="x\ny")])
+    refuse(archive, out, member="link", reason="control character")
+
+
+def test_errors_use_the_given_name(arc: Path, out: Path) -> None:
+    archive = write_archive(arc / ".tmp123.app.zip", [Entry("../evil.txt")])
+    url = "https://example.com/app.zip"
+    with pytest.raises(UnsafeArchiveError) as info:
+        safe_extract(archive, out / "d", name=url)
+    assert info.value.archive == url
+    assert url in str(info.value) and ".tmp123" not in str(info.value)
+    odd = arc / ".tmp456.pkg.rar"
+    odd.write_bytes(b"x")
+    with pytest.raises(UnsafeArchiveError, match="unsupported archive type") as info:
+        safe_extract(odd, out / "d", name="file:///pkgs/pkg.rar")
+    assert info.value.archive == "file:///pkgs/pkg.rar"
+
+
+@pytest.mark.parametrize("suffix", BOTH)
 def test_symlink_escaping_dest(suffix: str, arc: Path, out: Path) -> None:
     archive = write_archive(
         arc / f"a{suffix}", [Entry("sub/link", "symlink", link="../../archives")]

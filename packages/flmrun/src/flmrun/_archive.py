@@ -10,12 +10,14 @@ Every member is checked before anything is written for it, and the archive is re
 with :class:`~flmrun._errors.UnsafeArchiveError` (naming the member and the reason) when a
 member:
 
-* has an absolute name, a ``..`` component, a backslash or a NUL in its name;
+* has an absolute name, a ``..`` component, a backslash, a NUL or another control
+  character (a newline, an escape...) in its name;
 * passes through a symlink (or a file) extracted earlier, or collides with an earlier
   member of another type;
-* is a symlink with an absolute target, or whose target, resolved against the member's own
-  directory, leaves the destination (after extraction every symlink is also resolved on
-  disk, so chains of individually harmless links cannot escape either);
+* is a symlink with an absolute target or a control character in it, or whose target,
+  resolved against the member's own directory, leaves the destination (after extraction
+  every symlink is also resolved on disk, so chains of individually harmless links
+  cannot escape either);
 * is a hard link whose target (a member name, relative to the archive root as in tar) is
   not a regular file extracted earlier from the same archive;
 * is anything other than a regular file, a directory or such a link (devices, FIFOs...);
@@ -28,6 +30,9 @@ Files are created with ``O_CREAT | O_EXCL | O_NOFOLLOW``; their mode keeps the p
 bits (the exec bit in particular) but drops setuid/setgid/sticky and group/other write.
 Owners are never restored.  Tar archives additionally go through
 :func:`tarfile.data_filter` as a second, independent layer.
+
+Errors name the archive by its path, or by the ``name`` given to :func:`safe_extract`
+(the URL it was downloaded from, say).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import shutil
 import stat
 import tarfile
 import tempfile
+import unicodedata
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -131,33 +137,40 @@ class _Member:
     open: Callable[[], IO[bytes]] | None = None
 
 
-def archive_suffix(archive: Path) -> str:
-    """The supported suffix ``archive``'s name ends with; UnsafeArchiveError if none."""
+def archive_suffix(archive: Path, *, name: str | None = None) -> str:
+    """The supported suffix ``archive``'s name ends with; UnsafeArchiveError if none.
+
+    ``name`` is what the error calls the archive (default: its path)."""
     lower = archive.name.lower()
     for suffix in SUPPORTED_SUFFIXES:
         if lower.endswith(suffix):
             return suffix
     raise UnsafeArchiveError(
-        str(archive), None, f"unsupported archive type; supported: {', '.join(SUPPORTED_SUFFIXES)}"
+        name or str(archive),
+        None,
+        f"unsupported archive type; supported: {', '.join(SUPPORTED_SUFFIXES)}",
     )
 
 
-def safe_extract(archive: Path, dest: Path, *, limits: ExtractLimits | None = None) -> list[Path]:
+def safe_extract(
+    archive: Path, dest: Path, *, limits: ExtractLimits | None = None, name: str | None = None
+) -> list[Path]:
     """Extract ``archive`` into ``dest`` (which must not exist, or be an empty directory).
 
     Returns the paths of the extracted members under ``dest`` in archive order (parent
     directories created implicitly are not listed).  Raises
-    :class:`~flmrun._errors.UnsafeArchiveError` for any refused archive, and
-    :class:`FileExistsError` when ``dest`` is a non-empty directory or not a directory.
+    :class:`~flmrun._errors.UnsafeArchiveError` for any refused archive (its ``archive``
+    is ``name`` when given, else the path), and :class:`FileExistsError` when ``dest``
+    is a non-empty directory or not a directory.
     """
     archive, dest = Path(archive), Path(dest)
-    suffix = archive_suffix(archive)
+    suffix = archive_suffix(archive, name=name)
     if dest.is_symlink() or (dest.exists() and (not dest.is_dir() or any(dest.iterdir()))):
         raise FileExistsError(f"extraction destination {dest} exists and is not empty")
     dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".extracting", dir=dest.parent))
     try:
-        extractor = _Extractor(archive, tmp, limits or ExtractLimits())
+        extractor = _Extractor(archive, tmp, limits or ExtractLimits(), name or str(archive))
         if suffix in (".zip", ".whl"):
             extractor.extract_zip()
         else:
@@ -176,8 +189,9 @@ def safe_extract(archive: Path, dest: Path, *, limits: ExtractLimits | None = No
 class _Extractor:
     """Validates and writes members one at a time into ``root``."""
 
-    def __init__(self, archive: Path, root: Path, limits: ExtractLimits) -> None:
+    def __init__(self, archive: Path, root: Path, limits: ExtractLimits, name: str) -> None:
         self.archive = archive
+        self.name = name  # what errors call the archive
         self.root = root
         self.limits = limits
         self.archive_bytes = max(archive.stat().st_size, 1)
@@ -190,7 +204,7 @@ class _Extractor:
         self.current: str | None = None  # the member being processed, for error messages
 
     def fail(self, member: str | None, reason: str) -> UnsafeArchiveError:
-        return UnsafeArchiveError(str(self.archive), member, reason)
+        return UnsafeArchiveError(self.name, member, reason)
 
     # -- formats ----------------------------------------------------------------------
 
@@ -293,6 +307,9 @@ class _Extractor:
         member = name if member is None else member
         if not name or "\x00" in name:
             raise self.fail(member, f"empty {what} or NUL byte in it")
+        control = _control_character(name)
+        if control is not None:
+            raise self.fail(member, f"control character {control!r} in {what}")
         if "\\" in name:
             raise self.fail(member, f"backslash in {what}")
         if name.startswith("/"):
@@ -321,6 +338,9 @@ class _Extractor:
         target = member.linkname
         if not target or "\x00" in target:
             raise self.fail(member.name, "empty symlink target or NUL byte in it")
+        control = _control_character(target)
+        if control is not None:
+            raise self.fail(member.name, f"control character {control!r} in symlink target")
         if target.startswith("/"):
             raise self.fail(member.name, f"symlink to an absolute path {target!r}")
         resolved = posixpath.normpath(posixpath.join(parent, target))
@@ -384,6 +404,11 @@ class _Extractor:
             os.fchmod(out.fileno(), (member.mode & 0o700) | 0o600)  # owner-only
             if member.mtime is not None:
                 os.utime(out.fileno(), (member.mtime, member.mtime))
+
+
+def _control_character(text: str) -> str | None:
+    """The first control character (C0, DEL or C1: newline, escape...) in ``text``."""
+    return next((c for c in text if unicodedata.category(c) == "Cc"), None)
 
 
 def _chmod_dir(path: Path, mode: int) -> None:

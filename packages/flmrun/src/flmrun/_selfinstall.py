@@ -46,7 +46,7 @@ def install_from_url(app_name: str, url: str) -> list[str]:
             cache_ca_file=os.environ.get("FLAME_CA_FILE"),
             cache_token=FlameContext().token,
         )
-        src = extract_once(partial, root / "packages", digest)
+        src = extract_once(partial, root / "packages", digest, source=url)
         installed = install_python_package(src, root=root / "envs", digest=digest)
     finally:
         with contextlib.suppress(OSError):
