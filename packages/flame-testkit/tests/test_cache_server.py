@@ -679,13 +679,19 @@ def test_max_objects_evicts_the_least_recently_used() -> None:
         assert _keys(c) == {"app/ssn/a", "app/ssn/c"}
 
 
-def test_an_object_larger_than_max_memory_stays_until_the_next_one() -> None:
+def test_an_object_larger_than_max_memory_is_refused_without_a_disk() -> None:
+    # max_memory is a budget: with nowhere to spill it, an object that cannot fit
+    # is refused, naming its size, the budget and the setting (C1 would lose it).
     with CacheServer(max_memory=10) as s:
         c = flight.FlightClient(s.endpoint)
-        put(c, "app/ssn/a", b"x" * 100)
-        assert rows(c, "app/ssn/a") == [(1, "base", b"x" * 100)]
-        put(c, "app/ssn/b", b"y" * 100)
-        assert _keys(c) == {"app/ssn/b"}
+        put(c, "app/ssn/a", b"x" * 10)
+        message = r"at least 100 bytes .* memory budget, 10 bytes \(max_memory;.*no disk"
+        with pytest.raises(pa.ArrowInvalid, match=message):
+            put(c, "app/ssn/b", b"y" * 100)
+        desc = flight.FlightDescriptor.for_path("app/ssn/b")
+        assert put_status(s, desc, opaque(b"y" * 100)) == grpc.StatusCode.INVALID_ARGUMENT
+        assert rows(c, "app/ssn/a") == [(1, "base", b"x" * 10)]
+        assert s.store.memory_used == 10
 
 
 def test_lru_eviction_with_storage_reloads_objects(tmp_path: Path) -> None:

@@ -19,14 +19,17 @@ import pytest
 
 from flame_testkit._cache_server import CacheServer
 from flamepy import _cache_client
+from flamepy._cache_codec import encode_opaque
 from flamepy._errors import ConnectionFailedError, InvalidArgumentError, NotFoundError
 from flamepy.core import cache
 from flamepy.core.cache import ObjectRef
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[CacheServer]:
-    srv = CacheServer(port=0)
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CacheServer]:
+    # A spill directory, as the local cluster has: an object over the memory budget
+    # (the 1 GiB test) goes to disk instead of being refused.
+    srv = CacheServer(port=0, spill=tmp_path_factory.mktemp("spill"))
     srv.start()
     yield srv
     srv.stop()
@@ -190,6 +193,31 @@ def test_get_of_a_missing_object_is_not_found() -> None:
 def test_invalid_keys_are_usage_errors(key: str) -> None:
     with pytest.raises(InvalidArgumentError, match="invalid"):
         cache.put_object(key, b"x")
+
+
+@pytest.mark.parametrize("key", ["app:1/ssn", "app/ssn:1", "app/ssn/id:1"])
+def test_colon_in_a_key_is_refused_at_put_time(key: str, tmp_path: Path) -> None:
+    # The DoGet ticket is "<key>:<version>": such an object could never be read back.
+    with pytest.raises(InvalidArgumentError) as info:
+        cache.put_object(key, b"x")
+    assert repr(key) in str(info.value)
+    assert "':' is not allowed in a key" in str(info.value)
+    (tmp_path / "f").write_bytes(b"x")
+    with pytest.raises(InvalidArgumentError, match="':' is not allowed in a key"):
+        cache.upload_object(key, str(tmp_path / "f"))
+
+
+def test_server_refuses_a_colon_key_at_put_time(server: CacheServer) -> None:
+    # put_encoded (the Runner's path for results) skips the client's key rules; the
+    # server must refuse the key itself rather than store an object no ticket can name.
+    with pytest.raises(InvalidArgumentError, match="ssn:1"):
+        cache.put_encoded("app/ssn:1", encode_opaque(b"x"))
+    client = flight.FlightClient(server.endpoint)
+    try:
+        keys = [info.descriptor.path[0].decode() for info in client.list_flights()]
+    finally:
+        client.close()
+    assert not [k for k in keys if ":" in k]
 
 
 def test_server_side_key_validation_is_typed(server: CacheServer) -> None:

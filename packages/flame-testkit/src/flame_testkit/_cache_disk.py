@@ -15,6 +15,12 @@ object visible; leftover temporary files are logged and ignored at load.
 Replacing an object renames the new base into place first and then removes the
 old patches.  Should the server die in between, the stale patches (versions not
 above the base's) are skipped and removed at the next load.
+
+Files from :data:`MAP_MIN_BYTES` on are read back *mapped*: the object's bytes
+stay in the page cache, which the kernel may reclaim, instead of being copied
+into the server's own memory.  That is what lets the store keep objects larger
+than its memory budget on disk and still serve them.  A file is never changed in
+place (a new one is renamed over it), so a mapping stays valid while it is used.
 """
 
 from __future__ import annotations
@@ -49,6 +55,9 @@ DEFAULT_FLAME_HOME = "/var/lib/flame"
 BASE_SUFFIX = ".arrow"
 DELTAS_SUFFIX = ".deltas"
 TEMP_SUFFIX = ".tmp"
+MAP_MIN_BYTES = 1 << 20
+"""Files at least this large are mapped when read, smaller ones read (one mapping
+per small object would cost more than the copy and use up the process's maps)."""
 
 
 def parse_storage_url(
@@ -116,7 +125,7 @@ class DiskStorage:
                 for path in sorted(session.iterdir()):
                     name = path.name
                     if name.endswith(TEMP_SUFFIX):
-                        log.warning("ignoring leftover temporary file %s", path)
+                        _remove_leftover(path)
                         continue
                     if not name.endswith(BASE_SUFFIX) or not path.is_file():
                         continue
@@ -182,7 +191,7 @@ class DiskStorage:
         schema, batches = _read_file(self.base_path(key))
         if is_native(schema):
             table = NativeTable(schema, tuple(batches))
-            base: bytes | NativeTable = table
+            base: Opaque | NativeTable = table
             base_version = table.version
         else:
             base_version, base = read_opaque(schema, batches)
@@ -199,7 +208,7 @@ class DiskStorage:
             if stem.isdigit():
                 numbered.append((int(stem), path))
             elif path.name.endswith(TEMP_SUFFIX):
-                log.warning("ignoring leftover temporary file %s", path)
+                _remove_leftover(path)
         for _, path in sorted(numbered):
             version, data = read_opaque(*_read_file(path))
             latest = obj.version
@@ -212,10 +221,11 @@ class DiskStorage:
             obj.patches.append(Patch(version, data))
 
 
-def read_opaque(schema: pa.Schema, batches: list[pa.RecordBatch]) -> tuple[int, bytes]:
+def read_opaque(schema: pa.Schema, batches: list[pa.RecordBatch]) -> tuple[int, Opaque]:
     """(version of row 0, all ``data`` cells concatenated) of an opaque upload or file.
 
-    Columns are taken by position: 0 must be UInt64 and 1 Binary (§3).
+    Columns are taken by position: 0 must be UInt64 and 1 Binary (§3).  A single
+    cell (every file this engine writes) is returned as it is, without a copy.
     """
     check_opaque_schema(schema)
     version: int | None = None
@@ -224,6 +234,8 @@ def read_opaque(schema: pa.Schema, batches: list[pa.RecordBatch]) -> tuple[int, 
         if version is None and batch.num_rows:
             version = batch.column(0)[0].as_py() or 0
         chunks.extend(binary_chunks(batch.column(1)))
+    if len(chunks) == 1:
+        return version or 0, chunks[0]
     return version or 0, b"".join(memoryview(c) for c in chunks)
 
 
@@ -254,7 +266,15 @@ def _opaque_batch(version: int, data: Opaque) -> pa.RecordBatch:
 
 
 def _read_file(path: Path) -> tuple[pa.Schema, list[pa.RecordBatch]]:
-    with pa.OSFile(str(path), "rb") as source:
+    """The schema and batches of an IPC file: mapped (zero-copy) when it is large.
+
+    A mapping outlives the closed file: the batches keep it until they go."""
+    source: pa.NativeFile
+    if path.stat().st_size >= MAP_MIN_BYTES:
+        source = pa.memory_map(str(path), "r")
+    else:
+        source = pa.OSFile(str(path), "rb")
+    with source:
         reader = pa.ipc.open_file(source)
         return reader.schema, [reader.get_batch(i) for i in range(reader.num_record_batches)]
 
@@ -312,3 +332,15 @@ def _storable(key: ObjectKey) -> bool:
 def _check_storable(key: ObjectKey) -> None:
     if not _storable(key):
         raise InvalidArgument(f"key {key} has a '.' component and cannot be stored on disk")
+
+
+def _remove_leftover(path: Path) -> None:
+    """A temporary file of a write that never finished (the cache was killed): it
+    holds nothing anyone can read, so it goes."""
+    try:
+        size = path.stat().st_size
+        path.unlink()
+    except OSError as exc:
+        log.warning("cannot remove the leftover temporary file %s: %s", path, exc)
+        return
+    log.info("removed %s (%d bytes), left by a write that never finished", path, size)

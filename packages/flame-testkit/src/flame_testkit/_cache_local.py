@@ -74,6 +74,9 @@ TOKEN_FILE = "TOKEN"
 """Holds the pid of the server process, so a later server can clear up after a crash."""
 DIR_PREFIX = "flame-cache-"
 SHARED_MEMORY = Path("/dev/shm")
+TRANSFER_PARENT_ENV = "FLAME_LOCAL_TRANSFER_DIR"
+"""Where cache servers make their transfer directory instead of ``/dev/shm`` (an
+existing directory, e.g. a larger tmpfs when ``/dev/shm`` is Docker's 64 MB)."""
 INLINE_LIMIT = 256 * 1024
 """Payloads up to this size are answered inline by LOCAL_GET, bigger ones as a file."""
 _UPLOAD_NAME = re.compile(r"[0-9a-f]{32}\.part")
@@ -86,7 +89,20 @@ POOL_BYTES = 1 << 30
 
 
 def default_parent() -> str | None:
-    """``/dev/shm`` when it is a writable directory, else the system temp dir."""
+    """Where the transfer directory goes: ``$FLAME_LOCAL_TRANSFER_DIR`` when set,
+    else ``/dev/shm`` when it is a writable directory, else (None) the system temp
+    dir.  A set variable must name a writable directory (ValueError otherwise).
+
+    A file system too small for a value is no fault: its writer cannot reserve
+    the space (``flamepy._cache_local.reserve``) and sends the value over Flight."""
+    configured = os.environ.get(TRANSFER_PARENT_ENV, "").strip()
+    if configured:
+        if not os.path.isdir(configured) or not os.access(configured, os.W_OK | os.X_OK):
+            raise ValueError(
+                f"{TRANSFER_PARENT_ENV}={configured!r} is not a writable directory: "
+                "create it, or unset the variable to use /dev/shm"
+            )
+        return configured
     if SHARED_MEMORY.is_dir() and os.access(SHARED_MEMORY, os.W_OK | os.X_OK):
         return str(SHARED_MEMORY)
     return None
@@ -210,4 +226,3 @@ def sweep_orphans(parent: Path) -> list[Path]:
     without stopping (SIGKILL, a crash): this user's, whose owner process is gone.
     Returns what it removed."""
     return sweep_dead(parent, DIR_PREFIX)
-    return True

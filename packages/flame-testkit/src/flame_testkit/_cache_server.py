@@ -16,17 +16,35 @@ Raised in the handler                          gRPC status       Client-side exc
 ``flight.FlightServerError``, other errors     UNKNOWN           ``FlightServerError``
 =============================================  ================  =========================
 
+pyarrow's Flight server has no way to answer RESOURCE_EXHAUSTED (no exception
+maps to it; ``MemoryError`` and ``pa.ArrowMemoryError`` become UNKNOWN), so the
+store's :class:`~flame_testkit._cache_store.ResourceExhausted` errors are sent
+as UNAVAILABLE ("try again later"), with a message that starts "resource
+exhausted:" and names the limit and its setting.
+
 Size limit: an opaque base or patch travels as one Binary cell (32-bit offsets),
 so it must be smaller than 2 GiB; larger uploads are refused at PUT time with
 INVALID_ARGUMENT.  Multi-GB payloads go as native tables (many batches).  gRPC's
 own per-message limit (also about 2 GiB, headers included) applies on top.
+
+Memory bounds: the store's budget (``max_memory``) and its limit for one object
+(``max_object_bytes``, INVALID_ARGUMENT, checked while an upload arrives so an
+oversized one is refused early), and at most ``max_uploads`` DoPut streams at
+once: a further one waits up to ``upload_wait`` seconds for a slot, then fails
+UNAVAILABLE.  The uploads in progress hold at most ``max_uploads`` times
+``max_object_bytes`` beyond the budget.  An upload is held once: a single-batch
+upload is kept as it came, and a chunked one (flamepy sends 8 MiB chunks) is
+gathered into one mapping grown in place, each chunk let go once copied.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import mmap
 import os
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec, TypeVar
 
@@ -44,6 +62,7 @@ from flame_testkit._cache_local import INLINE_LIMIT as LOCAL_INLINE_LIMIT
 from flame_testkit._cache_local import LocalTransfer, default_parent
 from flame_testkit._cache_store import (
     DEFAULT_MAX_MEMORY,
+    DEFAULT_MAX_OBJECT_BYTES,
     CacheError,
     EvictionPolicy,
     GetResult,
@@ -51,6 +70,8 @@ from flame_testkit._cache_store import (
     NativeTable,
     ObjectStore,
     Opaque,
+    ResourceExhausted,
+    Unavailable,
     binary_cell,
     is_native,
     parse_key,
@@ -62,6 +83,14 @@ log = logging.getLogger("flame_testkit.cache")
 
 DEFAULT_HOST = "127.0.0.1"
 MAX_OPAQUE_BYTES = 2**31 - 1
+DEFAULT_MAX_UPLOADS = 4
+"""DoPut streams served at once; further ones wait for a slot."""
+DEFAULT_UPLOAD_WAIT = 60.0
+"""Seconds a DoPut waits for an upload slot before it fails (UNAVAILABLE)."""
+MAX_UPLOADS_SETTING = "max_uploads; LocalClusterConfig.cache_max_uploads"
+GATHER_MIN_BYTES = 1 << 20
+"""A chunked opaque upload from this size on is gathered in one growing mapping;
+smaller ones are joined (a mapping each would waste pages and map entries)."""
 PATCH_PREFIX = b"PATCH:"
 REPLY_COMPRESSION = "zstd"
 """Reply IPC bodies are ZSTD-compressed, as by Flame's own cache (flame-cache §3)."""
@@ -90,6 +119,8 @@ def to_flight_error(exc: CacheError) -> Exception:
     kinds: dict[str, type[Exception]] = {
         "INVALID_ARGUMENT": pa.ArrowInvalid,
         "NOT_FOUND": pa.ArrowKeyError,
+        "RESOURCE_EXHAUSTED": flight.FlightUnavailableError,  # see the module doc
+        "UNAVAILABLE": flight.FlightUnavailableError,
     }
     error: Exception = kinds.get(exc.status, flight.FlightInternalError)(str(exc))
     return error
@@ -137,7 +168,8 @@ class CacheFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     It serves as soon as it is constructed; ``endpoint`` is the advertised
     ``grpc://host:port`` (``grpc+tls://`` with TLS, ``grpc+unix:///path`` on a Unix
     socket) put in PutResults and FlightInfos.  With ``token``, every call must
-    carry it (``_auth.CacheTokenCheck``).
+    carry it (``_auth.CacheTokenCheck``).  At most ``max_uploads`` DoPut streams
+    are served at once; a further one waits ``upload_wait`` seconds for a slot.
     """
 
     def __init__(
@@ -151,10 +183,19 @@ class CacheFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         *,
         unix_path: str | None = None,
         token: str | None = None,
+        max_uploads: int = DEFAULT_MAX_UPLOADS,
+        upload_wait: float = DEFAULT_UPLOAD_WAIT,
     ) -> None:
+        if max_uploads <= 0:
+            raise ValueError(f"max_uploads must be positive, got {max_uploads}")
+        if upload_wait < 0:
+            raise ValueError(f"upload_wait cannot be negative, got {upload_wait}")
         self.store = store
         self.local = local
         self.max_opaque_bytes = MAX_OPAQUE_BYTES
+        self.max_uploads = max_uploads
+        self.upload_wait = upload_wait
+        self._upload_slots = _Slots(max_uploads)
         self.ipc_options = pa.ipc.IpcWriteOptions(compression=compression)
         middleware = {"auth": CacheTokenCheck(token)} if token is not None else None
         if unix_path is not None:
@@ -193,22 +234,47 @@ class CacheFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         else:
             raise InvalidArgument("DoPut needs a PATH descriptor or a PATCH:<key> command")
         parse_key(target, full=is_patch)  # refuse a bad key before reading the upload
-        schema = reader.schema
-        if is_native(schema):
-            if is_patch:
-                raise InvalidArgument("native tabular deltas are not supported")
-            key, version = self.store.put(target, self._read_native(reader))
-        elif is_patch:
-            key, version = self.store.patch(target, self._read_opaque(reader))
-        else:
-            key, version = self.store.put(target, self._read_opaque(reader))
+        if not self._upload_slots.acquire(self.upload_wait):
+            raise ResourceExhausted(
+                f"resource exhausted: {self.max_uploads} uploads are in progress, the cache's "
+                f"limit ({MAX_UPLOADS_SETTING}), and none ended within {self.upload_wait:g} s: "
+                "retry later, or raise the limit"
+            )
+        try:
+            schema = reader.schema
+            if is_native(schema):
+                if is_patch:
+                    raise InvalidArgument("native tabular deltas are not supported")
+                key, version = self.store.put(target, self._read_native(reader))
+            elif is_patch:
+                key, version = self.store.patch(target, self._read_opaque(reader))
+            else:
+                key, version = self.store.put(target, self._read_opaque(reader))
+        finally:
+            self._upload_slots.release()
         document: dict[str, str | int] = {"endpoint": self.endpoint, "key": key, "version": version}
         writer.write(pa.py_buffer(encode(document, int64_fields=frozenset({"version"}))))
 
-    def _read_opaque(self, reader: flight.MetadataRecordBatchReader) -> bytes:
-        """All ``data`` cells of the upload, concatenated, read batch by batch."""
+    @property
+    def uploads_in_progress(self) -> int:
+        """DoPut streams holding a slot now."""
+        return self._upload_slots.taken
+
+    def refuse_uploads(self) -> None:
+        """Fail the DoPut calls waiting for a slot, and any later one (stopping):
+        a shutdown then waits only for the uploads already being read."""
+        self._upload_slots.close()
+
+    def _read_opaque(self, reader: flight.MetadataRecordBatchReader) -> Opaque:
+        """All ``data`` cells of the upload, concatenated, read batch by batch.
+
+        Held once: a single large cell is kept as it came; several are copied,
+        one by one as they arrive, into a :class:`_Gathered` mapping (joined into
+        bytes when small), and each batch is let go once copied."""
         check_opaque_schema(reader.schema)
-        chunks: list[pa.Buffer] = []
+        first: pa.Buffer | None = None
+        small: list[pa.Buffer] = []
+        gathered: _Gathered | None = None
         size = rows = batches = 0
         for batch in _batches(reader):
             batches += 1
@@ -220,15 +286,38 @@ class CacheFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                         f"opaque object larger than {self.max_opaque_bytes} bytes: one Binary "
                         "cell cannot hold it; upload it as a native table instead"
                     )
-                chunks.append(chunk)
+                self.store.check_size(size, partial=True)
+                if gathered is not None:
+                    gathered.append(chunk)
+                elif first is None:
+                    first = chunk
+                else:
+                    small.append(chunk)
+                    if size >= GATHER_MIN_BYTES:
+                        gathered = _Gathered(2 * size)
+                        for piece in (first, *small):
+                            gathered.append(piece)
+                        first = None
+                        small.clear()
+            del batch
         if rows == 0:
             raise InvalidArgument(f"no data: the upload had {batches} batch(es) and no row")
-        return b"".join(memoryview(c) for c in chunks)
+        if gathered is not None:
+            return gathered.finish()
+        if first is not None and not small and size >= GATHER_MIN_BYTES:
+            return first  # held as it came: the message it arrived in is this cell
+        # A small cell may share its memory with more of what gRPC received: copied.
+        return b"".join(memoryview(c) for c in (first, *small) if c is not None)
 
-    @staticmethod
-    def _read_native(reader: flight.MetadataRecordBatchReader) -> NativeTable:
+    def _read_native(self, reader: flight.MetadataRecordBatchReader) -> NativeTable:
         """The upload as it came; zero batches or zero rows make an empty table."""
-        return NativeTable(reader.schema, tuple(_batches(reader)))
+        batches: list[pa.RecordBatch] = []
+        size = 0
+        for batch in _batches(reader):
+            size += int(batch.nbytes)
+            self.store.check_size(size, partial=True)
+            batches.append(batch)
+        return NativeTable(reader.schema, tuple(batches))
 
     @_mapped
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> Any:
@@ -332,6 +421,73 @@ class CacheFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         return flight.FlightInfo(schema, descriptor, [endpoint], -1, total_bytes)
 
 
+class _Slots:
+    """A counting limit whose waiters a close releases at once (UNAVAILABLE)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.taken = 0
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def acquire(self, timeout: float) -> bool:
+        """Take a slot within ``timeout`` seconds; False when none came free."""
+        with self._cond:
+            free = self._cond.wait_for(lambda: self._closed or self.taken < self.limit, timeout)
+            if self._closed:
+                raise Unavailable("the object cache is shutting down: upload refused")
+            if not free:
+                return False
+            self.taken += 1
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            self.taken -= 1
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class _Gathered:
+    """Bytes appended into one private anonymous mapping that grows in place.
+
+    On Linux ``mmap.resize`` is ``mremap``, which moves page tables, not bytes, and
+    pages never written cost no memory: gathering N bytes holds N bytes, where a
+    list of chunks joined at the end holds 2N at the join.  Elsewhere a resize may
+    fail; the bytes are then copied into a larger mapping (as ``realloc`` would)."""
+
+    def __init__(self, capacity: int) -> None:
+        self._map = mmap.mmap(-1, max(capacity, mmap.PAGESIZE), flags=mmap.MAP_PRIVATE)
+        self.size = 0
+
+    def append(self, chunk: pa.Buffer) -> None:
+        end = self.size + chunk.size
+        if end > len(self._map):
+            self._grow(max(end, 2 * len(self._map)))
+        self._map[self.size : end] = memoryview(chunk)
+        self.size = end
+
+    def _grow(self, capacity: int) -> None:
+        try:
+            self._map.resize(capacity)
+        except (OSError, SystemError):  # no mremap here
+            bigger = mmap.mmap(-1, capacity, flags=mmap.MAP_PRIVATE)
+            bigger[: self.size] = self._map[: self.size]
+            self._map.close()
+            self._map = bigger
+
+    def finish(self) -> pa.Buffer:
+        """The bytes gathered, as a buffer over the mapping (unmapped when it goes)."""
+        if 0 < self.size < len(self._map):
+            with contextlib.suppress(OSError, SystemError):
+                self._map.resize(self.size)  # hand back the tail's address space
+        return pa.py_buffer(self._map)[: self.size]
+
+
 def _bson_body(body: bytes, kind: str) -> dict[str, Any]:
     try:
         return dict(decode(body))
@@ -347,13 +503,15 @@ def _str_field(doc: dict[str, Any], name: str, kind: str) -> str:
 
 
 def _batches(reader: flight.MetadataRecordBatchReader) -> Iterator[pa.RecordBatch]:
+    """The upload's batches; none is held here once the next is asked for."""
     while True:
         try:
-            chunk = reader.read_chunk()
+            data = reader.read_chunk().data
         except StopIteration:
             return
-        if chunk.data is not None:
-            yield chunk.data
+        if data is not None:
+            yield data
+            del data
 
 
 def _rows(result: GetResult) -> Iterator[pa.RecordBatch]:
@@ -395,9 +553,18 @@ class CacheServer:
         unix_path: str | None = None,
         token: str | None = None,
         spill: str | os.PathLike[str] | None = None,
+        max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
+        max_uploads: int = DEFAULT_MAX_UPLOADS,
+        upload_wait: float = DEFAULT_UPLOAD_WAIT,
+        transfer_parent: str | os.PathLike[str] | None = None,
     ) -> None:
         """``spill``: without ``storage``, a directory where evicted objects are
         written instead of being dropped (and read back from).
+        ``max_memory``: the memory budget of the objects held (``_cache_store``);
+        ``max_object_bytes``: the largest object accepted; ``max_uploads``: DoPut
+        streams served at once, a further one waiting ``upload_wait`` seconds.
+        ``transfer_parent``: where the transfer directory goes (default
+        ``$FLAME_LOCAL_TRANSFER_DIR``, else ``/dev/shm``, see ``_cache_local``).
         ``compression``: of reply IPC bodies, ``"zstd"`` as Flame's cache does
         (flame-cache §3); None sends them plain, which every IPC reader accepts.
         ``local_transfer``: offer same-host transfers through files in a directory
@@ -409,6 +576,10 @@ class CacheServer:
         self._requested_port = port
         self.storage = parse_storage_url(storage)
         self.max_memory = max_memory
+        self.max_object_bytes = max_object_bytes
+        self.max_uploads = max_uploads
+        self.upload_wait = upload_wait
+        self.transfer_parent = transfer_parent
         self.max_objects = max_objects
         self.eviction: EvictionPolicy = eviction
         self._tls = tls
@@ -426,7 +597,10 @@ class CacheServer:
         spill = None
         if disk is None and self._spill is not None:
             spill = DiskStorage(self._spill, fsync=False)  # a spill, not a durable copy
-        local = LocalTransfer(default_parent()) if self.local_transfer else None
+        local = None
+        if self.local_transfer:
+            parent = self.transfer_parent
+            local = LocalTransfer(default_parent() if parent is None else parent)
         try:
             store = ObjectStore(
                 max_memory=self.max_memory,
@@ -435,6 +609,7 @@ class CacheServer:
                 disk=disk,
                 watcher=local,
                 spill=spill,
+                max_object_bytes=self.max_object_bytes,
             )
             self._server = CacheFlightServer(
                 store,
@@ -445,6 +620,8 @@ class CacheServer:
                 local,
                 unix_path=self._unix_path,
                 token=self._token,
+                max_uploads=self.max_uploads,
+                upload_wait=self.upload_wait,
             )
         except BaseException:
             if local is not None:
@@ -489,6 +666,7 @@ class CacheServer:
         """Shut down and wait for the server; does nothing when not running."""
         server, self._server = self._server, None
         if server is not None:
+            server.refuse_uploads()
             server.shutdown()
             server.wait()
             log.info("object cache on %s stopped", server.endpoint)

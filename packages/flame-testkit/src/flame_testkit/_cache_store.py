@@ -8,6 +8,12 @@ subclasses whose ``status`` names the gRPC code the server answers with.
 All public methods take one lock, so the Flight server may call them from many
 threads.  Disk writes happen under that lock too: versions are assigned and
 persisted in one step, so the files never disagree with memory.
+
+Memory is bounded: ``max_memory`` is a budget, not only an eviction threshold.
+Objects the budget cannot hold go to disk (the durable storage, or the spill
+directory) and are read back from there, mapped, when used; where there is no
+disk, an object that cannot fit is refused with a clear error, and so is every
+object above ``max_object_bytes``.
 """
 
 from __future__ import annotations
@@ -26,6 +32,11 @@ from flamepy._cache_codec import binary_array
 log = logging.getLogger("flame_testkit.cache")
 
 DEFAULT_MAX_MEMORY = 1 << 30
+"""The memory budget: bytes of bases and patches held in memory, at most."""
+DEFAULT_MAX_OBJECT_BYTES = 4 << 30
+"""The largest object (base plus patches, a native table's buffers) accepted."""
+MAX_MEMORY_SETTING = "max_memory; LocalClusterConfig.cache_max_memory"
+MAX_OBJECT_SETTING = "max_object_bytes; LocalClusterConfig.cache_max_object_bytes"
 MAX_DELTAS = 1000
 FORMAT_KEY = b"flame.cache.format"
 VERSION_KEY = b"flame.cache.version"
@@ -51,6 +62,26 @@ class NotFound(CacheError):
     status = "NOT_FOUND"
 
 
+class TooLarge(InvalidArgument):
+    """An object above a size limit: it can never be stored as it is."""
+
+
+class Unavailable(CacheError):
+    """The server cannot serve the request now (it is stopping)."""
+
+    status = "UNAVAILABLE"
+
+
+class ResourceExhausted(CacheError):
+    """A limit that may clear later (uploads in progress, memory held).
+
+    pyarrow's Flight server cannot answer RESOURCE_EXHAUSTED itself (no Python
+    exception maps to it), so the server sends these as UNAVAILABLE, whose
+    meaning ("try again later") they share; the message says which limit."""
+
+    status = "RESOURCE_EXHAUSTED"
+
+
 @dataclass(frozen=True)
 class ObjectKey:
     """``<app>/<session>[/<object_id>]``; ``session`` is ``*`` only for a DELETE wildcard."""
@@ -74,9 +105,10 @@ def parse_key(text: str, *, full: bool = False, wildcard: bool = False) -> Objec
     if len(parts) not in (2, 3):
         raise InvalidArgument(f"invalid key {text!r}: expected <app>/<session>[/<object_id>]")
     for part in parts:
-        if not part or ".." in part or "\\" in part:
+        if not part or ".." in part or "\\" in part or ":" in part:
             raise InvalidArgument(
-                f"invalid key {text!r}: components must be non-empty, without '..' or '\\'"
+                f"invalid key {text!r}: components must be non-empty, without '..', '\\' "
+                "or ':' (a key with ':' could never be read: the ticket is <key>:<version>)"
             )
     allowed = wildcard and len(parts) == 2
     if parts[0] == WILDCARD or parts[2:] == [WILDCARD] or (parts[1] == WILDCARD and not allowed):
@@ -131,7 +163,7 @@ Base: TypeAlias = "Opaque | NativeTable"
 @dataclass(frozen=True)
 class Patch:
     version: int
-    data: bytes
+    data: Opaque
 
 
 @dataclass
@@ -201,13 +233,20 @@ class ObjectStore:
 
     ``max_memory`` bounds the bytes held (bases plus patches) and ``max_objects``
     the count; with ``eviction="lru"`` the least recently used objects leave memory
-    when a limit is exceeded.  The most recently used object always stays, even if
-    it alone is larger than ``max_memory``.  With a ``disk`` backend every object
-    is loaded at construction and an evicted one is reloaded on its next use.  With
-    a ``spill`` backend (and no ``disk``) objects are written only when they are
-    evicted, and reloaded from there: nothing a client may still read is dropped.
-    With neither, an evicted object is gone (later reads are NOT_FOUND), as with
+    when a limit is exceeded.  With a ``disk`` backend every object is loaded at
+    construction and an evicted one is reloaded on its next use.  With a ``spill``
+    backend (and no ``disk``) objects are written only when they are evicted, and
+    reloaded from there: nothing a client may still read is dropped.  With
+    neither, an evicted object is gone (later reads are NOT_FOUND), as with
     Flame's own cache and storage ``none`` (C1).
+
+    ``max_memory`` is a budget: an object larger than it is never held in memory.
+    With a disk it lives there (written at once to the spill) and is read back,
+    mapped, for each use; without one it is refused (:class:`TooLarge`, where
+    Flame's cache would accept it and lose it at once, C1).  With
+    ``eviction="none"`` nothing is evicted, so a put or patch that would take the
+    memory held over the budget is refused (:class:`ResourceExhausted`).  An
+    object larger than ``max_object_bytes`` is refused in every case.
     """
 
     def __init__(
@@ -219,20 +258,27 @@ class ObjectStore:
         disk: DiskBackend | None = None,
         watcher: StoreWatcher | None = None,
         spill: DiskBackend | None = None,
+        max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
     ) -> None:
         if max_memory <= 0:
             raise ValueError(f"max_memory must be positive, got {max_memory}")
+        if max_object_bytes <= 0:
+            raise ValueError(f"max_object_bytes must be positive, got {max_object_bytes}")
         if max_objects is not None and max_objects <= 0:
             raise ValueError(f"max_objects must be positive, got {max_objects}")
         if eviction not in ("lru", "none"):
             raise ValueError(f"eviction must be 'lru' or 'none', got {eviction!r}")
         self.max_memory = max_memory
+        self.max_object_bytes = max_object_bytes
         self.max_objects = max_objects
         self.eviction = eviction
         self.disk = disk
         self.spill = spill if disk is None else None
         self._spilled: set[str] = set()
         """Keys whose newest state is only in ``spill``."""
+        self._clean: set[str] = set()
+        """Keys held in memory exactly as their copy in ``spill`` (read back from it
+        and unchanged since): evicting one again writes nothing."""
         self.watcher = watcher
         self._objects: OrderedDict[str, CacheObject] = OrderedDict()
         self._used = 0
@@ -251,6 +297,37 @@ class ObjectStore:
         with self._lock:
             return len(self._objects)
 
+    @property
+    def can_spill(self) -> bool:
+        """Whether objects that do not fit in memory can go to disk."""
+        return self.disk is not None or self.spill is not None
+
+    def check_size(self, size: int, *, partial: bool = False) -> None:
+        """Refuse an object of ``size`` bytes that no state of the store could take
+        (:class:`TooLarge`).  ``partial``: ``size`` is what an upload has sent so
+        far, so the object is at least that large (an early, cheap refusal)."""
+        what = f"at least {size}" if partial else f"{size}"
+        if size > self.max_object_bytes:
+            raise TooLarge(
+                f"object of {what} bytes is larger than the cache's limit for one object, "
+                f"{self.max_object_bytes} bytes ({MAX_OBJECT_SETTING}): split it, or raise "
+                "the limit"
+            )
+        if size > self.max_memory and (not self.can_spill or self.eviction == "none"):
+            if self.can_spill:
+                reason = "and eviction is 'none'"
+                fix = "raise the budget, or use eviction 'lru'"
+            else:
+                reason = "and the cache has no disk to spill it to"
+                fix = (
+                    "raise the budget, or give the cache storage (cache_storage) or a "
+                    "spill directory (cache_spill)"
+                )
+            raise TooLarge(
+                f"object of {what} bytes is larger than the cache's memory budget, "
+                f"{self.max_memory} bytes ({MAX_MEMORY_SETTING}), {reason}: {fix}"
+            )
+
     def put(self, target: str, base: Base) -> tuple[str, int]:
         """Store ``base`` at a prefix (new UUID key) or an exact key; returns (key, version).
 
@@ -258,39 +335,64 @@ class ObjectStore:
         drops its patches.  A native table's ``flame.cache.version`` is rewritten.
         """
         key = parse_key(target)
+        size = base.nbytes if isinstance(base, NativeTable) else len(base)
+        self.check_size(size)
         with self._lock:
             if key.object_id is None:
                 key = ObjectKey(key.app, key.session, str(uuid.uuid4()))
                 version = 1
+                held = None
             else:
                 current = self._lookup(key)
                 version = 1 if current is None else current.version + 1
+                held = self._objects.get(str(key))
+            self._check_room(size - (held.size if held is not None else 0))
             if isinstance(base, NativeTable):
                 base = base.with_version(version)
             obj = CacheObject(key, version, base)
             if self.disk is not None:
                 self.disk.write_base(obj)
-            self._insert(obj)
-            if self.watcher is not None:  # the newest object always stays (_evict)
+            if self._insert(obj) and self.watcher is not None:
                 self.watcher.stored(obj)
             log.debug("put %s version %d (%d bytes)", key, version, obj.size)
             return str(key), version
 
-    def patch(self, target: str, data: bytes) -> tuple[str, int]:
+    def patch(self, target: str, data: Opaque) -> tuple[str, int]:
         """Append a delta to an existing object; returns (key, new version)."""
         key = parse_key(target, full=True)
         with self._lock:
             obj = self._require(key)
             if len(obj.patches) >= MAX_DELTAS:
                 raise InvalidArgument(f"object {key} already has {MAX_DELTAS} deltas")
+            self.check_size(obj.size + len(data))
+            name = str(key)
+            held = self._objects.get(name) is obj
             patch = Patch(obj.version + 1, data)
+            index = len(obj.patches)
+            grown = held and self._too_big(obj.size + len(data))
+            if held and not grown:
+                self._check_room(len(data))
+                self._make_room(len(data), keep=name)
             if self.disk is not None:
-                self.disk.write_patch(key, len(obj.patches), patch)
+                self.disk.write_patch(key, index, patch)
+            elif not held and self.spill is not None:
+                self.spill.write_patch(key, index, patch)  # it lives in the spill
             obj.patches.append(patch)
+            if grown:  # now larger than the budget: out of memory, whole
+                try:
+                    fate = self._release(obj, clean=False)
+                except BaseException:
+                    obj.patches.pop()
+                    raise
+                del self._objects[name]
+                self._clean.discard(name)
+                self._used -= obj.size - len(data)
+                log.info("moved %s (%d bytes) out of memory: %s", name, obj.size, fate)
+            elif held:
+                self._clean.discard(name)
+                self._used += len(data)
             if self.watcher is not None:
                 self.watcher.dropped(obj)  # no longer its base alone
-            self._used += len(data)
-            self._evict()
             log.debug("patch %s version %d (%d bytes)", key, patch.version, len(data))
             return str(key), patch.version
 
@@ -343,6 +445,7 @@ class ObjectStore:
                 doomed = [k for k in self._objects if k.startswith(prefix)]
             for name in doomed:
                 self._forget(self._objects.pop(name))
+                self._clean.discard(name)
             if self.disk is not None:
                 self.disk.delete(key)
             if self.spill is not None:
@@ -382,17 +485,52 @@ class ObjectStore:
         obj = backend.load(key)
         if obj is not None:
             log.debug("reloaded %s from disk", key)
-            self._insert(obj)
+            try:
+                self._insert(obj, clean=True)
+            except ResourceExhausted as exc:  # no room: served from disk, not held
+                log.warning("serving %s from disk without holding it: %s", key, exc)
         return obj
 
-    def _insert(self, obj: CacheObject) -> None:
+    def _check_room(self, growth: int) -> None:
+        """With eviction ``none``, refuse what would take memory over the budget."""
+        if self.eviction == "none" and growth > 0 and self._used + growth > self.max_memory:
+            raise ResourceExhausted(
+                f"resource exhausted: the cache holds {self._used} bytes and {growth} more "
+                f"would exceed its memory budget, {self.max_memory} bytes "
+                f"({MAX_MEMORY_SETTING}), and eviction is 'none': delete objects, raise the "
+                "budget, or use eviction 'lru'"
+            )
+
+    def _too_big(self, size: int) -> bool:
+        """Whether an object of ``size`` bytes is kept on disk rather than in memory."""
+        return size > self.max_memory and self.can_spill and self.eviction == "lru"
+
+    def _insert(self, obj: CacheObject, *, clean: bool = False) -> bool:
+        """Make ``obj`` its key's object; whether it is held in memory.  One larger
+        than the budget goes (or stays) on disk instead.  ``clean``: it was just
+        read from the spill, which therefore already holds it.
+
+        Room is made before anything changes: when a spill fails (a full disk),
+        the error goes to the caller and the store is as it was."""
         name = str(obj.key)
+        big = self._too_big(obj.size)
+        if big:
+            fate = self._release(obj, clean=clean)
+        else:
+            current = self._objects.get(name)
+            self._make_room(obj.size - (current.size if current is not None else 0), keep=name)
         old = self._objects.pop(name, None)
         if old is not None:
             self._forget(old)
+        self._clean.discard(name)
+        if big:
+            log.debug("%s (%d bytes) is larger than the memory budget: %s", name, obj.size, fate)
+            return False
         self._objects[name] = obj
         self._used += obj.size
-        self._evict()
+        if clean:
+            self._clean.add(name)
+        return True
 
     def _forget(self, obj: CacheObject) -> None:
         """Account for ``obj`` having left memory."""
@@ -400,25 +538,51 @@ class ObjectStore:
         if self.watcher is not None:
             self.watcher.dropped(obj)
 
-    def _evict(self) -> None:
+    def _make_room(self, growth: int, *, keep: str) -> None:
+        """Evict the least recently used objects (never ``keep``) until ``growth``
+        more bytes, and ``keep`` itself, fit the limits.  Without a disk the object
+        at ``keep`` stays even when it alone is over the budget (it cannot be: a
+        put or patch that would make it so is refused, :meth:`check_size`)."""
         if self.eviction == "none":
             return
-        while len(self._objects) > 1 and (
-            self._used > self.max_memory
-            or (self.max_objects is not None and len(self._objects) > self.max_objects)
+        count = len(self._objects) + (keep not in self._objects)
+        while self._used + growth > self.max_memory or (
+            self.max_objects is not None and count > self.max_objects
         ):
-            name, obj = self._objects.popitem(last=False)
-            fate = "kept on disk" if self.disk is not None else "lost, no storage"
-            if self.spill is not None:
-                self._spill(obj)
-                fate = "spilled to disk"
+            name = next((n for n in self._objects if n != keep), None)
+            if name is None:
+                return
+            obj = self._objects[name]
+            fate = self._release(obj, clean=name in self._clean)  # may raise: it stays
+            del self._objects[name]
+            self._clean.discard(name)
             self._forget(obj)
+            count -= 1
             log.info("evicted %s (%d bytes, %s)", name, obj.size, fate)
+
+    def _release(self, obj: CacheObject, *, clean: bool) -> str:
+        """What becomes of ``obj`` leaving memory: it is spilled, unless the spill
+        holds it already (``clean``) or it is on the durable disk anyway."""
+        if self.disk is not None:
+            return "kept on disk"
+        if self.spill is None:
+            return "lost, no storage"
+        if clean:
+            return "already in the spill"
+        self._spill(obj)
+        return "spilled to disk"
 
     def _spill(self, obj: CacheObject) -> None:
         """Write an evicted object (base and patches) to the spill backend."""
         assert self.spill is not None
-        self.spill.write_base(obj)
-        for index, patch in enumerate(obj.patches):
-            self.spill.write_patch(obj.key, index, patch)
+        try:
+            self.spill.write_base(obj)
+            for index, patch in enumerate(obj.patches):
+                self.spill.write_patch(obj.key, index, patch)
+        except CacheError as exc:
+            raise ResourceExhausted(
+                f"resource exhausted: the object {obj.key} ({obj.size} bytes) must leave memory "
+                f"and cannot be spilled to disk ({exc}): free space in the spill directory, "
+                f"raise the memory budget ({MAX_MEMORY_SETTING}) or delete objects"
+            ) from exc
         self._spilled.add(str(obj.key))

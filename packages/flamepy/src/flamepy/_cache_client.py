@@ -53,6 +53,7 @@ from flamepy._errors import (
     FlameTimeoutError,
     InternalError,
     InvalidArgumentError,
+    InvalidStateError,
     NotFoundError,
 )
 
@@ -151,10 +152,17 @@ def _server_message(exc: Exception) -> str:
     return text.split(". Detail:", 1)[0].strip()
 
 
+RESOURCE_EXHAUSTED_PREFIX = "resource exhausted:"
+"""How the local cache words a refusal at a limit (sent as UNAVAILABLE: a Python
+Flight server cannot send RESOURCE_EXHAUSTED)."""
+
+
 def map_error(exc: Exception, what: str, endpoint: str) -> FlameError:
     """Translate a pyarrow/Flight error into a flamepy error (the cache boundary)."""
     message = f"{what}: {_server_message(exc)}"
     if isinstance(exc, flight.FlightUnavailableError):
+        if _server_message(exc).startswith(RESOURCE_EXHAUSTED_PREFIX):
+            return InvalidStateError(message)  # the cache is up, at one of its limits
         return ConnectionFailedError(
             f"{what}: the object cache at {endpoint} is unreachable or went away "
             f"({_server_message(exc)}); check FLAME_CACHE_ENDPOINT or cache.endpoint"
@@ -180,9 +188,15 @@ def validate_key(key: str, *, parts: tuple[int, ...], what: str) -> list[str]:
         shapes = " or ".join({2: "<app>/<session>", 3: "<app>/<session>/<id>"}[n] for n in parts)
         raise InvalidArgumentError(f"invalid {what} {key!r}: expected {shapes}")
     for c in components:
-        if ".." in c or "\\" in c or ":" in c:
+        if ":" in c:
             raise InvalidArgumentError(
-                f"invalid {what} {key!r}: components may not contain '..', '\\' or ':'"
+                f"invalid {what} {key!r}: ':' is not allowed in a key (the cache reads an "
+                "object by the ticket '<key>:<version>', so it could never be read back); "
+                "use another character, such as '-' or '_'"
+            )
+        if ".." in c or "\\" in c:
+            raise InvalidArgumentError(
+                f"invalid {what} {key!r}: components may not contain '..' or '\\'"
             )
     if components[0] == "*" or (len(components) == 3 and components[2] == "*"):
         raise InvalidArgumentError(
@@ -422,6 +436,7 @@ class CacheClient:
                 return
 
     def put_payload(self, key: str, payload: Native | pa.Buffer, what: str) -> tuple[str, str, int]:
+        validate_key(key, parts=(2, 3), what="object key or prefix")
         descriptor = flight.FlightDescriptor.for_path(key)
         result: dict[str, Any] | None = None
         if isinstance(payload, Native):
