@@ -7,6 +7,9 @@
   an isolated venv beside the session's), ``conformance/``.
 * ``e2e``: the end-to-end suite (``e2e/``) against the cluster ``FLAME_ENDPOINT`` (or
   ``FLAME_TEST_ENDPOINT``) names, or else a fresh ``flame-local up`` in its own process.
+* ``chaos``: the chaos suite (``chaos/``: stopped clusters and instances, session
+  bursts, a randomized run of faults) and the fault tests of the package suites,
+  at a quick size; ``CHAOS_SCALE=full`` for the full one.
 * ``protos``: regenerate flamepy's committed gRPC stubs.
 * ``bench`` / ``bench-quick``: the Runner vs Ray vs Dask suite (``bench/run.py``);
   not in the default set.
@@ -22,7 +25,7 @@ import nox
 nox.options.default_venv_backend = "uv"
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
-nox.options.sessions = ["lint", "tests", "conformance", "e2e"]
+nox.options.sessions = ["lint", "tests", "conformance", "e2e", "chaos"]
 
 PYTHON = "3.11"
 PEER_FLAMEPY = "flamepy==0.6.0"
@@ -104,6 +107,31 @@ def e2e(session: nox.Session) -> None:
     nox -s e2e``; with nothing set, a ``flame-local up`` of its own (over gRPC and Flight)."""
     sync(session)
     session.run("pytest", "e2e/", "-p", "no:cacheprovider", *session.posargs)
+
+
+CHAOS_ALSO = (
+    # Each fault of the reliability issue that the package suites already cover.
+    "packages/flame-testkit/tests/test_semantics.py::"
+    "test_an_unexpected_bind_error_counts_toward_the_retry_limit",  # case 1
+    "packages/flmrun/tests/test_fetch.py",  # case 3, and 9 (truncated download, URL)
+    "packages/flamepy/tests/test_cache_transfer_space.py",  # case 2
+    "packages/flamepy/tests/test_reaping.py",  # case 5
+    "packages/flame-testkit/tests/test_cache_limits.py",  # case 7
+    "packages/flame-testkit/tests/test_testkit_api.py::"
+    "test_a_new_cluster_sweeps_what_dead_clusters_left",  # case 8
+    "packages/flame-testkit/tests/test_leftovers.py",  # case 8
+    "packages/flmrun/tests/test_archive.py::test_control_character_in_name",  # case 9
+    "packages/flamepy/tests/test_cache.py::test_colon_in_a_key_is_refused_at_put_time",
+    "packages/flame-testkit/tests/test_frontend_wire.py::"
+    "test_unparsable_request_is_invalid_argument",  # case 9
+)
+
+
+@nox.session(python=PYTHON)
+def chaos(session: nox.Session) -> None:
+    """Faults: ``CHAOS_SCALE=full uv run nox -s chaos`` for the full sizes."""
+    sync(session)
+    session.run("pytest", "chaos/", *CHAOS_ALSO, "-p", "no:cacheprovider", *session.posargs)
 
 
 @nox.session(python=PYTHON)

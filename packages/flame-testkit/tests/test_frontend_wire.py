@@ -801,3 +801,57 @@ def test_list_nodes_returns_one_ready_node(stub: frontend_pb2_grpc.FrontendStub)
     assert got.node == node
     code, _ = _status(stub.GetNode, frontend_pb2.GetNodeRequest(name=_uid("nonode")))
     assert code == grpc.StatusCode.NOT_FOUND
+
+
+# --------------------------------------------------------------------------- malformed requests
+
+GARBAGE = b"\xff\xff\xff\xff\x0f"
+"""Bytes that are no protobuf message: a field key whose varint never ends."""
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def _send_raw(channel: grpc.Channel, path: str, body: bytes, *, streaming: bool) -> None:
+    """Call ``path`` with ``body`` as the request bytes, exactly as given."""
+    if streaming:
+        stream = channel.unary_stream(
+            path, request_serializer=_identity, response_deserializer=_identity
+        )
+        list(stream(body, timeout=RPC_TIMEOUT))
+    else:
+        unary = channel.unary_unary(
+            path, request_serializer=_identity, response_deserializer=_identity
+        )
+        unary(body, timeout=RPC_TIMEOUT)
+
+
+@pytest.mark.parametrize(
+    ("method", "streaming"),
+    [
+        ("RegisterApplication", False),
+        ("GetApplication", False),
+        ("CreateTask", False),
+        ("WatchTask", True),
+        ("ListTask", True),
+    ],
+)
+def test_unparsable_request_is_invalid_argument(
+    cluster: flame_testkit.ClusterThread, method: str, streaming: bool
+) -> None:
+    target = cluster.endpoint.removeprefix("http://")
+    path = f"/flame.v1.Frontend/{method}"
+    with grpc.insecure_channel(target) as channel:
+        grpc.channel_ready_future(channel).result(timeout=RPC_TIMEOUT)
+        with pytest.raises(grpc.RpcError) as info:
+            _send_raw(channel, path, GARBAGE, streaming=streaming)
+        error: Any = info.value
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+        assert path in error.details()
+        assert f"flame.v1.{method}Request" in error.details()
+        # The server is unharmed: a well-formed call on the same channel still works.
+        nodes = frontend_pb2_grpc.FrontendStub(channel).ListNodes(  # type: ignore[no-untyped-call]
+            frontend_pb2.ListNodesRequest(), timeout=RPC_TIMEOUT
+        )
+        assert len(nodes.nodes) == 1

@@ -18,7 +18,6 @@ import hmac
 import logging
 import os
 import secrets
-import shutil
 import stat
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -31,6 +30,7 @@ import pyarrow.flight as flight
 
 from flame_testkit._errors import ClusterConfigError
 from flamepy._auth import AUTH_HEADER, bearer
+from flamepy._owner import OWNER_FILE, claim, sweep_dead
 
 log = logging.getLogger("flame_testkit.auth")
 
@@ -52,8 +52,6 @@ def _short_tmp() -> str | None:
     return "/tmp" if Path("/tmp").is_dir() else None
 
 
-OWNER_FILE = "OWNER"
-"""In each directory a cluster makes: the pid of the process it belongs to."""
 RUNTIME_PREFIX = "flms-"
 WORK_PREFIX = "flame-local-"
 
@@ -66,41 +64,6 @@ def write_private(path: Path, text: str, *, replace: bool = False) -> Path:
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write(text)
     return path
-
-
-def claim(path: Path) -> Path:
-    """Write this process's pid in ``path/OWNER`` (0600), for :func:`sweep_dead`."""
-    write_private(path / OWNER_FILE, str(os.getpid()), replace=True)
-    return path
-
-
-def sweep_dead(parent: Path, prefix: str) -> list[Path]:
-    """Remove the directories ``parent/<prefix>*`` of this account whose owner process
-    is gone (a cluster killed with SIGKILL, or that crashed); returns them."""
-    removed = []
-    for path in parent.glob(f"{prefix}*"):
-        try:
-            if path.is_symlink() or path.lstat().st_uid != os.geteuid():
-                continue
-            owner = int((path / OWNER_FILE).read_text())
-        except (OSError, ValueError):
-            continue
-        if owner == os.getpid() or _alive(owner):
-            continue
-        shutil.rmtree(path, ignore_errors=True)
-        log.info("removed %s, left by process %d", path, owner)
-        removed.append(path)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def runtime_dir(prefix: str = RUNTIME_PREFIX) -> Path:

@@ -156,15 +156,17 @@ def _user() -> str:
 
 
 async def _up(config: LocalClusterConfig) -> None:
+    # The handlers come first: a signal right after the endpoints are printed (or
+    # during the start) must still stop the cluster cleanly, leaving nothing behind.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     cluster = LocalCluster(config)
-    await cluster.start()
     try:
+        await cluster.start()
         _print_endpoints(cluster)
         print("local Flame cluster is up; press Ctrl-C to stop", file=sys.stderr, flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
     finally:
         await cluster.stop()

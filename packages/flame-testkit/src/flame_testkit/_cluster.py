@@ -32,8 +32,13 @@ from flame_testkit._auth import (
     write_token_file,
 )
 from flame_testkit._auth import work_dir as own_work_dir
-from flame_testkit._cache_server import REPLY_COMPRESSION, CacheServer
-from flame_testkit._cache_store import DEFAULT_MAX_MEMORY
+from flame_testkit._cache_server import (
+    DEFAULT_MAX_UPLOADS,
+    DEFAULT_UPLOAD_WAIT,
+    REPLY_COMPRESSION,
+    CacheServer,
+)
+from flame_testkit._cache_store import DEFAULT_MAX_MEMORY, DEFAULT_MAX_OBJECT_BYTES
 from flame_testkit._errors import ClusterConfigError
 from flame_testkit._executor import (
     DEFAULT_CAPACITY,
@@ -44,6 +49,7 @@ from flame_testkit._executor import (
     ExecutorManagerConfig,
 )
 from flame_testkit._launch import group_alive
+from flame_testkit._reaper import LeaseReaper
 from flame_testkit._server import DEFAULT_HOST, FrontendServer
 from flame_testkit._servicer import FrontendOptions, FrontendServicer
 from flame_testkit._state import DEFAULT_RETRY_LIMIT, ClusterState
@@ -107,6 +113,14 @@ class LocalClusterConfig:
     (plain).  A cluster on Unix sockets sends them plain: its clients are local."""
     cache_local_transfer: bool = False
     """Let clients on this host hand payloads over as files on /dev/shm."""
+    cache_max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES
+    """The largest object or native table the cache accepts (INVALID_ARGUMENT beyond)."""
+    cache_max_uploads: int = DEFAULT_MAX_UPLOADS
+    """Uploads served at once; more wait ``cache_upload_wait`` seconds, then fail."""
+    cache_upload_wait: float = DEFAULT_UPLOAD_WAIT
+    cache_transfer_dir: str | None = None
+    """Where the same-host transfer directory goes: None is
+    ``$FLAME_LOCAL_TRANSFER_DIR``, else /dev/shm."""
     tls_cert: Path | None = None
     """PEM certificate chain: serve the Frontend (``https://``) and the cache
     (``grpc+tls://``) over TLS with ``tls_key``; TCP only."""
@@ -213,6 +227,7 @@ class LocalCluster:
             self.work_dir = own_work_dir()  # 0700, claimed; dead clusters' are swept
         self.socket_dir = runtime_dir()
         self.executor_manager: ExecutorManager | None = None
+        self.reaper: LeaseReaper | None = None
         self.server: FrontendServer | None = None
         self.cache_endpoint: str | None = None
         self.cache: CacheServer | None = None
@@ -286,6 +301,10 @@ class LocalCluster:
                 unix_path=None if tcp else str(self.socket_dir / "cache.sock"),
                 token=self.token,
                 spill=self.work_dir / "spill" if self.config.cache_spill else None,
+                max_object_bytes=self.config.cache_max_object_bytes,
+                max_uploads=self.config.cache_max_uploads,
+                upload_wait=self.config.cache_upload_wait,
+                transfer_parent=self.config.cache_transfer_dir,
             )
             # Its own thread, not the default pool: on the embedded cluster that pool is
             # shared with flamepy, whose threads may be waiting for this very start.
@@ -330,6 +349,11 @@ class LocalCluster:
         executors.append(manager)
         self.executor_manager = manager
         await manager.start()
+        cache = self.cache
+        self.reaper = LeaseReaper(
+            self.state, manager, cache.store.delete if cache is not None else None
+        )
+        await self.reaper.start()
         log.debug("local Flame cluster up: frontend %s", self.server.endpoint)
         return self
 
@@ -337,6 +361,8 @@ class LocalCluster:
         """Release every instance, then stop the servers.  Needs no new threads, so it
         also works from an atexit hook, after concurrent.futures has shut down."""
         try:
+            if self.reaper is not None:
+                await self.reaper.stop()
             if self.executor_manager is not None:
                 await self.executor_manager.stop()
         finally:

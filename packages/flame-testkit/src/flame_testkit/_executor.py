@@ -34,6 +34,9 @@ from flame_testkit._launch import (
     expand,
     group_alive,
     instance_environment,
+    keepalive_ms,
+    process_state,
+    prune_logs,
     spawn,
     tail,
     terminate,
@@ -156,11 +159,28 @@ class Executor:
     resreq: types_pb2.ResourceRequirement | None = None
     cut_off: bool = False
     """Stopped while running a task: its worker is busy, so leave is not asked for."""
+    runner: asyncio.Task[None] | None = None
+    abandoned: str | None = None
+    """Why it is stopped at once (its session's client is gone)."""
 
     def poke(self) -> bool:
         """Wake the executor if it waits idle; whether it did."""
         return self.waker.wake()
 
+
+LOGS_KEPT = 400
+"""Instance log files kept in ``<work dir>/logs`` (two per launch); older go."""
+INSTANCE_KEEPALIVE_MS = keepalive_ms()
+INSTANCE_OPTIONS = (
+    ("grpc.keepalive_time_ms", INSTANCE_KEEPALIVE_MS),
+    ("grpc.keepalive_timeout_ms", INSTANCE_KEEPALIVE_MS),
+    ("grpc.http2.ping_timeout_ms", INSTANCE_KEEPALIVE_MS),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+"""The executor pings each instance every 10 s (``FLAME_KEEPALIVE`` seconds when
+set); one that does not answer within as long again (stopped, or hung in native
+code) is treated as failed."""
 
 MAX_EXECUTORS_PER_NODE = 128
 """A real node runs at most 128 executors (S5), whatever their resreq."""
@@ -193,6 +213,7 @@ class ExecutorManager:
         self._wake_pending = False
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
         self.installer = AppInstaller(
             config.work_dir / "installs",
             cache_ca_file=config.ca_file,
@@ -207,14 +228,17 @@ class ExecutorManager:
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
         (self.config.work_dir / "logs").mkdir(mode=0o700, exist_ok=True)
         self._loop_task = asyncio.create_task(self._schedule_loop(), name="flame-scheduler")
+        self._watch_task = asyncio.create_task(self._watch_loop(), name="flame-instance-watch")
 
     async def stop(self) -> None:
         """Release every instance (leave, SIGTERM, SIGKILL) and stop scheduling."""
         self._stopping = True
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        for task in (self._loop_task, self._watch_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self.installer.cancel_all()
         for ex in self.executors.values():
             ex.poke()
         runners = list(self._runners)
@@ -233,6 +257,34 @@ class ExecutorManager:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, 0)  # noqa: ASYNC222 - already SIGKILLed
 
+    async def _watch_loop(self) -> None:
+        """Fail the task of an instance that is stopped (SIGSTOP) for longer than the
+        keepalive: gRPC calls notice by themselves (keepalive pings), the task
+        stream is a plain socket, so its instances are looked at here."""
+        interval = INSTANCE_KEEPALIVE_MS / 1000
+        stopped_since: dict[str, float] = {}
+        while not self._stopping:
+            await asyncio.sleep(interval)
+            now = asyncio.get_running_loop().time()
+            for ex in list(self.executors.values()):
+                pid = ex.process.pid if ex.process is not None else None
+                if ex.current is None or ex.tasks is None or pid is None:
+                    stopped_since.pop(ex.id, None)
+                    continue
+                if process_state(pid) != "T":
+                    stopped_since.pop(ex.id, None)
+                    continue
+                since = stopped_since.setdefault(ex.id, now)
+                if now - since >= interval:
+                    log.warning("instance %s (pid %d) is stopped; failing its task", ex.id, pid)
+                    ex.tasks.abort(
+                        f"the instance (pid {pid}) is stopped and does not answer "
+                        "(SIGSTOP, or a debugger)"
+                    )
+                    stopped_since.pop(ex.id, None)
+            for gone in set(stopped_since) - set(self.executors):
+                del stopped_since[gone]
+
     # -- notifications ----------------------------------------------------------------
 
     def _on_change(self, kind: str, session: SessionRecord, task: TaskRecord | None) -> None:
@@ -247,8 +299,16 @@ class ExecutorManager:
             self._wake()
             return
         self._wake()
-        for ex in self.executors.values():
-            if ex.session_id == session.id:
+        gone = kind == "removed" or not session.open
+        for ex in list(self.executors.values()):
+            if ex.session_id != session.id:
+                continue
+            if gone and ex.state == types_pb2.ExecutorBinding and ex.runner is not None:
+                # Closed or removed while its instance was still being set up (a slow
+                # download, say): free the slot now, not when the setup ends.
+                ex.abandoned = f"session {session.id} was closed while its instance started"
+                ex.runner.cancel()
+            else:
                 ex.poke()
 
     def _wake(self) -> None:
@@ -287,7 +347,7 @@ class ExecutorManager:
         free_mem = self.node_memory - sum(_mem(e.resreq) for e in self.executors.values())
         candidates = []
         now = asyncio.get_running_loop().time()
-        for session in list(self.state.sessions.values()):
+        for session in list(self.state.wanting.values()):
             if not session.open or self.state.retry_limit_reached(session.id):
                 continue
             if self._backoff.get(session.id, 0.0) > now:
@@ -377,11 +437,23 @@ class ExecutorManager:
                 ex.poke()
                 wanted -= 1
 
+    def abandon(self, session_id: str, reason: str = "its client is gone") -> int:
+        """Stop the instances of ``session_id`` at once, mid-task or mid-install (the
+        session was reaped); returns how many."""
+        stopped = 0
+        for ex in list(self.executors.values()):
+            if ex.session_id == session_id and ex.runner is not None and not ex.runner.done():
+                ex.abandoned = reason
+                ex.runner.cancel()
+                stopped += 1
+        return stopped
+
     def _launch(self, session: SessionRecord, app: AppRecord) -> None:
         ex = Executor(id=str(uuid.uuid4()), session_id=session.id, app_name=app.name)
         ex.resreq = session.spec.resreq
         self.executors[ex.id] = ex
         runner = asyncio.create_task(self._run(ex, app), name=f"executor-{ex.id[:8]}")
+        ex.runner = runner
         self._runners.add(runner)
         runner.add_done_callback(self._runners.discard)
 
@@ -465,6 +537,7 @@ class ExecutorManager:
             raise BindError(f"application {app.name} has no command to launch", BIND_LAUNCH)
         args = [expand(a, env, base) for a in spec.arguments]
         stderr = cfg.work_dir / "logs" / f"{ex.id}.err"
+        prune_logs(cfg.work_dir / "logs", LOGS_KEPT)
         try:
             ex.process = await spawn(
                 command,
@@ -480,7 +553,9 @@ class ExecutorManager:
             ) from exc
         self.launched_pids.append(ex.process.pid)
         await self._wait_socket(ex, socket_path, stderr)
-        ex.channel = grpc.aio.insecure_channel(f"unix://{socket_path}")
+        # Keepalive: a stopped instance is noticed (its call fails) instead of
+        # holding the executor, and the session, forever.
+        ex.channel = grpc.aio.insecure_channel(f"unix://{socket_path}", options=INSTANCE_OPTIONS)
         ex.stub = shim_pb2_grpc.InstanceStub(ex.channel)  # type: ignore[no-untyped-call]
         # An instance that took the offer listened on the stream before its gRPC socket.
         if offer_stream and stream_path.exists():
@@ -576,9 +651,10 @@ class ExecutorManager:
                 result = await ex.stub.OnTaskInvoke(context)
         except asyncio.CancelledError:
             ex.cut_off = True
-            self.state.complete_task(
-                task.session_id, task.id, -1, None, "the local cluster stopped while the task ran"
-            )
+            why = ex.abandoned or "the local cluster stopped while the task ran"
+            self.state.complete_task(task.session_id, task.id, -1, None, why)
+            if ex.abandoned is not None:
+                raise SessionGone(ex.abandoned) from None  # this executor only
             raise
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:  # T2, over gRPC

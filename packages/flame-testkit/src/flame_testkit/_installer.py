@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import sys
@@ -125,6 +126,16 @@ class AppInstaller:
             shared.add_done_callback(lambda done: self._finished(key, done))
         return dict(await asyncio.shield(shared))
 
+    async def cancel_all(self) -> None:
+        """Stop waiting for the installs in flight (at shutdown); a download already
+        running in a worker thread ends at its own deadline."""
+        pending = list(self._inflight.values())
+        for shared in pending:
+            shared.cancel()
+        for shared in pending:
+            with contextlib.suppress(BaseException):
+                await shared
+
     def _cache_token(self) -> str | None:
         if self.cache_token_file is None:
             return None
@@ -153,7 +164,12 @@ class AppInstaller:
             )
             lock = self._digest_locks.setdefault(digest, asyncio.Lock())
             async with lock:
-                src = await asyncio.to_thread(extract_once, partial, self.root / "packages", digest)
+                src = await asyncio.to_thread(
+                    functools.partial(extract_once, source=url),
+                    partial,
+                    self.root / "packages",
+                    digest,
+                )
                 if kind == "binary":
                     return binary_env(src, digest)
                 installed = await asyncio.to_thread(

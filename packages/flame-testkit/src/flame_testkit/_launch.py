@@ -215,3 +215,45 @@ def tail(path: Path, limit: int = STDERR_TAIL_BYTES) -> str:
             fh.seek(max(0, size - limit))
             return fh.read().decode("utf-8", "replace").strip()
     return ""
+
+
+DEFAULT_KEEPALIVE_MS = 10_000
+
+
+def keepalive_ms() -> int:
+    """Keepalive ping interval of the local cluster's own gRPC links, in ms:
+    ``FLAME_KEEPALIVE`` seconds when set to a positive number, else 10 s."""
+    raw = os.environ.get("FLAME_KEEPALIVE", "").strip()
+    try:
+        seconds = float(raw) if raw else 0.0
+    except ValueError:
+        seconds = 0.0
+    return max(100, int(seconds * 1000)) if seconds > 0 else DEFAULT_KEEPALIVE_MS
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of ``pid`` in /proc (``R``, ``S``, ``T`` for stopped, ...);
+    None when it is gone or there is no /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    rest = stat[stat.rfind(")") + 2 :]
+    return rest[:1] or None
+
+
+def prune_logs(directory: Path, keep: int) -> int:
+    """Remove the oldest files of ``directory`` beyond the newest ``keep``; returns
+    how many went.  A live instance's open log survives on its descriptor."""
+    try:
+        entries = [(e.stat().st_mtime_ns, e.path) for e in os.scandir(directory) if e.is_file()]
+    except OSError:
+        return 0
+    if len(entries) <= keep:
+        return 0
+    entries.sort()
+    doomed = entries[: len(entries) - keep]
+    for _, path in doomed:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    return len(doomed)

@@ -30,6 +30,7 @@ from flame_testkit._state import (
     TaskRecord,
     parse_task_id,
 )
+from flamepy._owner import LEASE_METADATA
 from flamepy._types import TaskState
 from flamepy.proto import frontend_pb2 as fe
 from flamepy.proto import frontend_pb2_grpc, types_pb2
@@ -100,6 +101,25 @@ def application_to_proto(app: AppRecord) -> types_pb2.Application:
     return msg
 
 
+LOCAL_PEERS = ("unix:", "ipv4:127.", "ipv6:[::1]")
+"""Peers on this host: only their leases name a process this cluster can see."""
+
+
+def _lease(context: Any) -> str | None:
+    """The owner identity a local client sent (``x-flame-lease``), if any."""
+    try:
+        metadata = context.invocation_metadata() or ()
+        peer = context.peer() or ""
+    except (AttributeError, TypeError):  # the in-process transport: nothing to reap
+        return None
+    if not peer.startswith(LOCAL_PEERS):
+        return None
+    for key, value in metadata:
+        if key == LEASE_METADATA and isinstance(value, str) and len(value) <= 64:
+            return value
+    return None
+
+
 async def _abort(context: grpc.aio.ServicerContext, err: StateError) -> NoReturn:
     await context.abort(getattr(grpc.StatusCode, err.status), str(err))
     raise AssertionError("unreachable")  # pragma: no cover
@@ -155,7 +175,7 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServicer):
     ) -> types_pb2.Result:
         spec = request.application if request.HasField("application") else None
         try:
-            self.state.register_application(request.name, spec)
+            self.state.register_application(request.name, spec, _lease(context))
         except (InvalidName, AlreadyExists) as err:
             return types_pb2.Result(return_code=-1, message=str(err))
         except StateError as err:
@@ -221,14 +241,16 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServicer):
     ) -> types_pb2.Session:
         spec = request.session if request.HasField("session") else None
         try:
-            return session_to_proto(self.state.create_session(request.session_id, spec))
+            session = self.state.create_session(request.session_id, spec, _lease(context))
+            return session_to_proto(session)
         except StateError as err:
             await _abort(context, err)
 
     async def OpenSession(self, request: fe.OpenSessionRequest, context: Any) -> types_pb2.Session:
         spec = request.session if request.HasField("session") else None
         try:
-            return session_to_proto(self.state.open_session(request.session_id, spec))
+            session = self.state.open_session(request.session_id, spec, _lease(context))
+            return session_to_proto(session)
         except StateError as err:
             await _abort(context, err)
 

@@ -96,6 +96,8 @@ class AppRecord:
     spec: types_pb2.ApplicationSpec
     creation_time: int
     enabled: bool = True
+    lease: str | None = None
+    """The identity of the client process that owns it (``flamepy._owner``)."""
 
     @property
     def max_instances(self) -> int:
@@ -141,6 +143,8 @@ class SessionRecord:
     unschedulable: str | None = None
     """Set at the bind retry limit: why no instance can run this session's tasks."""
     next_task_id: int = 1
+    lease: str | None = None
+    """The identity of the client process that owns it (``flamepy._owner``)."""
 
     @property
     def max_instances(self) -> int | None:
@@ -206,6 +210,14 @@ class ClusterState:
         self.retry_limit = retry_limit
         self.apps: dict[str, AppRecord] = {}
         self.sessions: dict[str, SessionRecord] = {}
+        self.by_app: dict[str, dict[str, SessionRecord]] = {}
+        """The sessions of each application."""
+        self.leases: dict[str, tuple[set[str], set[str]]] = {}
+        """Per owner identity: the sessions and applications it created."""
+        self.wanting: dict[str, SessionRecord] = {}
+        """Open, schedulable sessions with tasks waiting or a ``min_instances``: all
+        that a scheduling pass looks at, so its cost follows them, not every session
+        ever created."""
         self._listeners: list[Listener] = []
 
     # -- observers ------------------------------------------------------------------
@@ -214,22 +226,36 @@ class ClusterState:
         self._listeners.append(listener)
 
     def _emit(self, kind: str, session: SessionRecord, task: TaskRecord | None = None) -> None:
+        wants = (
+            kind != "removed"
+            and session.open
+            and session.unschedulable is None
+            and (bool(session.pending) or session.spec.min_instances > 0)
+        )
+        if wants:
+            self.wanting[session.id] = session
+        else:
+            self.wanting.pop(session.id, None)
         for listener in self._listeners:
             listener(kind, session, task)
 
     # -- applications -----------------------------------------------------------------
 
-    def register_application(self, name: str, spec: types_pb2.ApplicationSpec | None) -> AppRecord:
+    def register_application(
+        self, name: str, spec: types_pb2.ApplicationSpec | None, lease: str | None = None
+    ) -> AppRecord:
         validate_app_name(name)
         checked = _as_stored(validate_app_spec(spec))
         if name in self.apps:
             raise AlreadyExists(f"application {name} already exists")
-        app = AppRecord(name=name, spec=checked, creation_time=now_ms())
+        app = AppRecord(name=name, spec=checked, creation_time=now_ms(), lease=lease)
         self.apps[name] = app
+        if lease is not None:
+            self.leases.setdefault(lease, (set(), set()))[1].add(name)
         return app
 
     def open_sessions_of(self, name: str) -> int:
-        return sum(1 for s in self.sessions.values() if s.open and s.spec.application == name)
+        return sum(1 for s in self.by_app.get(name, {}).values() if s.open)
 
     def _refuse_with_open_sessions(self, name: str) -> None:
         """A1, A3: the real server refuses while the application has open sessions."""
@@ -252,8 +278,8 @@ class ClusterState:
             return
         self._refuse_with_open_sessions(name)
         del self.apps[name]
-        for sid in [s.id for s in self.sessions.values() if s.spec.application == name]:
-            session = self.sessions.pop(sid)
+        for session in self.by_app.pop(name, {}).values():
+            del self.sessions[session.id]
             self._emit("removed", session)
 
     def get_application(self, name: str) -> AppRecord:
@@ -272,7 +298,9 @@ class ClusterState:
         copy.batch_size = 1
         return copy
 
-    def create_session(self, session_id: str, spec: types_pb2.SessionSpec | None) -> SessionRecord:
+    def create_session(
+        self, session_id: str, spec: types_pb2.SessionSpec | None, lease: str | None = None
+    ) -> SessionRecord:
         if spec is None:
             raise InvalidArgument("session spec is required")
         if not session_id:
@@ -285,18 +313,23 @@ class ClusterState:
         if session_id in self.sessions:
             raise StateError(f"session {session_id} already exists")
         session = SessionRecord(
-            id=session_id, spec=self._resolved_spec(spec), creation_time=now_ms()
+            id=session_id, spec=self._resolved_spec(spec), creation_time=now_ms(), lease=lease
         )
         self.sessions[session_id] = session
+        if lease is not None:
+            self.leases.setdefault(lease, (set(), set()))[0].add(session_id)
+        self.by_app.setdefault(spec.application, {})[session_id] = session
         self._emit("session", session)
         return session
 
-    def open_session(self, session_id: str, spec: types_pb2.SessionSpec | None) -> SessionRecord:
+    def open_session(
+        self, session_id: str, spec: types_pb2.SessionSpec | None, lease: str | None = None
+    ) -> SessionRecord:
         session = self.sessions.get(session_id)
         if session is None:
             if spec is None:
                 raise NotFound(f"session {session_id} not found and no spec was given to create it")
-            return self.create_session(session_id, spec)
+            return self.create_session(session_id, spec, lease)
         if not session.open:
             raise InvalidArgument(f"session {session_id} is not open")
         if spec is not None:
@@ -352,6 +385,7 @@ class ClusterState:
                 f"session {session_id} still has {active} pending, running or cancelled task(s)"
             )
         del self.sessions[session_id]
+        self.by_app.get(session.spec.application, {}).pop(session_id, None)
         session.open = False
         self._emit("removed", session)
         return session
@@ -482,6 +516,36 @@ class ClusterState:
             task = session.tasks[session.pending.popleft()]
             self._transition(session, task, TaskState.FAILED, now, reason)
         self._emit("session", session)
+
+    # -- leases ----------------------------------------------------------------------
+
+    def reap(self, lease: str, reason: str) -> tuple[list[str], list[str]]:
+        """The client ``lease`` names is gone: close its sessions (pending tasks
+        Cancelled, running ones Failed with ``reason``) and remove its applications
+        that have no other open session.  Returns (sessions closed, apps removed)."""
+        sessions, apps = self.leases.pop(lease, (set(), set()))
+        closed = []
+        now = now_ms()
+        for sid in sorted(sessions):
+            session = self.sessions.get(sid)
+            if session is None or not session.open:
+                continue
+            while session.pending:
+                task = session.tasks[session.pending.popleft()]
+                self._transition(session, task, TaskState.CANCELLED, now, reason)
+            for task in session.tasks.values():
+                if task.state == TaskState.RUNNING:
+                    self._transition(session, task, TaskState.FAILED, now, reason)
+            session.open = False
+            session.completion_time = now
+            self._emit("session", session)
+            closed.append(sid)
+        removed = []
+        for name in sorted(apps):
+            if name in self.apps and not self.open_sessions_of(name):
+                self.unregister_application(name)
+                removed.append(name)
+        return closed, removed
 
     def retry_limit_reached(self, session_id: str) -> bool:
         session = self.sessions.get(session_id)

@@ -42,6 +42,7 @@ class TaskStreamClient:
         self._writer = writer
         self._lock = asyncio.Lock()
         self._broken: str | None = None
+        self._aborted: str | None = None
 
     @classmethod
     async def connect(cls, path: Path) -> TaskStreamClient | None:
@@ -92,7 +93,8 @@ class TaskStreamClient:
                 reply = await self._reader.readexactly(size) if size else b""
             except asyncio.IncompleteReadError as exc:
                 raise TaskStreamError(
-                    "UNAVAILABLE", "the instance closed its task stream during the call"
+                    "UNAVAILABLE",
+                    self._aborted or "the instance closed its task stream during the call",
                 ) from exc
             except OSError as exc:
                 raise TaskStreamError("UNAVAILABLE", f"the task stream failed: {exc}") from exc
@@ -103,6 +105,11 @@ class TaskStreamClient:
         if status == ERROR:
             raise TaskStreamError("INTERNAL", reply.decode(errors="replace"))
         raise TaskStreamError("INTERNAL", f"the instance answered with status {status}")
+
+    def abort(self, reason: str) -> None:
+        """End the call in progress (it fails with ``reason``) and the stream."""
+        self._aborted = reason
+        self._writer.close()
 
     async def close(self) -> None:
         self._writer.close()

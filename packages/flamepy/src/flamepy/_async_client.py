@@ -42,6 +42,7 @@ from flamepy._errors import (
     from_rpc_error,
 )
 from flamepy._inproc import InProcessStub, lookup
+from flamepy._owner import LEASE_METADATA
 from flamepy._types import (
     Application,
     ApplicationAttributes,
@@ -115,6 +116,10 @@ class AsyncConnection:
                 raise InvalidArgumentError(f"no in-process Frontend serves {endpoint}")
             self._stub = InProcessStub(target)
         self.rpc_timeout = DEFAULT_RPC_TIMEOUT
+        self.lease: str | None = None
+        """An owner identity (``flamepy._owner``) sent with the calls that create
+        applications and sessions: a local cluster reaps them once that process is
+        gone.  The Runner sets it; plain connections create long-lived things."""
         self._unary_slots = asyncio.Semaphore(MAX_UNARY_IN_FLIGHT)
         self._watch_slots = asyncio.Semaphore(MAX_WATCHES)
 
@@ -155,15 +160,23 @@ class AsyncConnection:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _unary(self, what: str, call: Callable[..., Awaitable[T]], request: Any) -> T:
+    async def _unary(
+        self, what: str, call: Callable[..., Awaitable[T]], request: Any, owned: bool = False
+    ) -> T:
+        """``owned``: the call creates something this connection's lease holds."""
         try:
             async with self._unary_slots:
+                if owned and self.lease is not None:
+                    metadata = ((LEASE_METADATA, self.lease),)
+                    return await call(request, timeout=self.rpc_timeout, metadata=metadata)
                 return await call(request, timeout=self.rpc_timeout)
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, what) from exc
 
-    async def _checked(self, what: str, call: Callable[..., Awaitable[Any]], request: Any) -> None:
-        result = await self._unary(what, call, request)
+    async def _checked(
+        self, what: str, call: Callable[..., Awaitable[Any]], request: Any, owned: bool = False
+    ) -> None:
+        result = await self._unary(what, call, request, owned)
         if result.return_code != 0:
             message = result.message if result.HasField("message") else None
             raise from_result(result.return_code, message, what)
@@ -175,7 +188,9 @@ class AsyncConnection:
     ) -> None:
         spec = application_spec_to_proto(application_attributes(app_attrs))
         request = fe.RegisterApplicationRequest(name=name, application=spec)
-        await self._checked(f"RegisterApplication({name})", self._stub.RegisterApplication, request)
+        await self._checked(
+            f"RegisterApplication({name})", self._stub.RegisterApplication, request, owned=True
+        )
 
     async def update_application(
         self, name: str, app_attrs: ApplicationAttributes | Mapping[str, Any]
@@ -250,7 +265,9 @@ class AsyncConnection:
     async def create_session(self, attrs: SessionAttributes) -> AsyncSession:
         session_id = attrs.id or generate_session_id(attrs.application)
         request = fe.CreateSessionRequest(session_id=session_id, session=self.session_spec(attrs))
-        reply = await self._unary(f"CreateSession({session_id})", self._stub.CreateSession, request)
+        reply = await self._unary(
+            f"CreateSession({session_id})", self._stub.CreateSession, request, owned=True
+        )
         return AsyncSession(self, reply)
 
     async def open_session(
@@ -259,7 +276,9 @@ class AsyncConnection:
         request = fe.OpenSessionRequest(session_id=session_id)
         if spec is not None:
             request.session.CopyFrom(self.session_spec(spec))
-        reply = await self._unary(f"OpenSession({session_id})", self._stub.OpenSession, request)
+        reply = await self._unary(
+            f"OpenSession({session_id})", self._stub.OpenSession, request, owned=True
+        )
         return AsyncSession(self, reply)
 
     async def get_session(self, session_id: str) -> AsyncSession:

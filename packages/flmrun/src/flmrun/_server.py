@@ -62,6 +62,16 @@ ENDPOINT_ENV = "FLAME_INSTANCE_ENDPOINT"
 LOG_ENV = "FLAME_LOG"
 """The environment variable holding the log level (RUST_LOG syntax)."""
 
+SERVER_OPTIONS = (
+    ("grpc.max_receive_message_length", -1),
+    # The executor manager pings (as often as every 10 s, with no call running):
+    # allow it, so a stopped instance is noticed and a live one is not dropped.
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
+    ("grpc.http2.max_ping_strikes", 0),
+)
+PARENT_CHECK_INTERVAL = 1.0
+"""Seconds between two checks that the executor manager still runs."""
 SHUTDOWN_GRACE_SECONDS = 5.0
 """How long in-flight RPCs may run on after SIGTERM/SIGINT."""
 
@@ -178,7 +188,7 @@ async def serve(service: ServiceSpec, endpoint: str | None = None) -> None:
     core = InstanceCore(loop)
     try:
         remove_stale_socket(path)
-        server = grpc.aio.server(options=[("grpc.max_receive_message_length", -1)])
+        server = grpc.aio.server(options=SERVER_OPTIONS)
         add_servicer = cast(
             Callable[[object, object], None], shim_pb2_grpc.add_InstanceServicer_to_server
         )
@@ -207,7 +217,9 @@ async def serve(service: ServiceSpec, endpoint: str | None = None) -> None:
         else:
             builder = asyncio.create_task(_build_service(core, service))
 
+        watcher = asyncio.create_task(_watch_parent(stop))
         await stop.wait()
+        watcher.cancel()
 
         if stream is not None:
             stream.close()
@@ -236,6 +248,21 @@ async def serve(service: ServiceSpec, endpoint: str | None = None) -> None:
         for sig in installed:
             loop.remove_signal_handler(sig)
         logger.info("instance stopped")
+
+
+async def _watch_parent(stop: asyncio.Event, interval: float = PARENT_CHECK_INTERVAL) -> None:
+    """Stop when the process that launched this instance (the executor manager) is
+    gone, as after a SIGKILL: an orphan would hold its slot's work forever.  Its
+    shutdown is given the usual grace, then the process exits regardless."""
+    parent = os.getppid()
+    while not stop.is_set():
+        await asyncio.sleep(interval)
+        if os.getppid() != parent:
+            logger.warning("the executor manager (pid %d) is gone; stopping", parent)
+            stop.set()
+            grace = SHUTDOWN_GRACE_SECONDS + LEAVE_ON_SHUTDOWN_TIMEOUT_SECONDS + 1.0
+            asyncio.get_running_loop().call_later(grace, os._exit, 1)
+            return
 
 
 def _staging_path(path: str) -> str:

@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -30,6 +29,7 @@ from flamepy._errors import (
     NotFoundError,
     TaskCancelledError,
 )
+from flamepy._owner import identity, owned_tempdir
 from flamepy._types import (
     Application,
     ApplicationAttributes,
@@ -197,6 +197,9 @@ class RunnerCore:
         self.conn = await AsyncConnection.connect(
             endpoint, ca_file=tls.ca_file if tls else None, timeout=ctx.connect_timeout
         )
+        # What this Runner creates is its own: a local cluster reaps it if the program
+        # is killed before it can clean up.
+        self.conn.lease = identity()
         try:
             await self._register(ctx)
         except BaseException:
@@ -245,7 +248,7 @@ class RunnerCore:
 
     def _publisher_for(self, ctx: FlameContext) -> Publisher:
         if self._publisher is None:
-            self._workdir = Path(tempfile.mkdtemp(prefix="flame-runner-"))
+            self._workdir = owned_tempdir("flame-runner-")  # a killed Runner's is swept
             self._publisher = Publisher(
                 self.root,
                 self.requested_name,
