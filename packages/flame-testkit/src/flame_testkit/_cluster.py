@@ -53,6 +53,7 @@ from flame_testkit._reaper import LeaseReaper
 from flame_testkit._server import DEFAULT_HOST, FrontendServer
 from flame_testkit._servicer import FrontendOptions, FrontendServicer
 from flame_testkit._state import DEFAULT_RETRY_LIMIT, ClusterState
+from flame_testkit._task_archive import TaskArchive
 from flamepy import _cache_inproc as cache_inproc
 from flamepy import _inproc as inproc
 from flamepy._config import (
@@ -219,12 +220,14 @@ class LocalCluster:
 
     def __init__(self, config: LocalClusterConfig | None = None) -> None:
         self.config = config or LocalClusterConfig()
-        self.state = ClusterState(retry_limit=self.config.retry_limit)
         self._own_work_dir = self.config.work_dir is None
         if self.config.work_dir is not None:
             self.work_dir = owner_only_dir(self.config.work_dir, "work directory")
         else:
             self.work_dir = own_work_dir()  # 0700, claimed; dead clusters' are swept
+        # Finished tasks' payloads beyond the newest of each session go to disk.
+        self.task_archive = TaskArchive(self.work_dir / f"tasks-{os.getpid()}-{id(self):x}")
+        self.state = ClusterState(retry_limit=self.config.retry_limit, archive=self.task_archive)
         self.socket_dir = runtime_dir()
         self.executor_manager: ExecutorManager | None = None
         self.reaper: LeaseReaper | None = None
@@ -375,6 +378,8 @@ class LocalCluster:
                     cache_inproc.unregister(self.cache.endpoint)
                 self.cache.stop()  # brief; blocking the loop here is fine
                 self.cache = None
+            self.task_archive.close()
+            shutil.rmtree(self.task_archive.directory, ignore_errors=True)
             shutil.rmtree(self.socket_dir, ignore_errors=True)
             if self._own_work_dir:
                 shutil.rmtree(self.work_dir, ignore_errors=True)

@@ -295,9 +295,8 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServicer):
 
     async def GetTask(self, request: fe.GetTaskRequest, context: Any) -> types_pb2.Task:
         try:
-            return task_to_proto(
-                self.state.get_task(request.session_id, request.task_id), with_events=True
-            )
+            task = self.state.get_task(request.session_id, request.task_id)
+            return task_to_proto(task, with_events=True)
         except StateError as err:
             await _abort(context, err)
 
@@ -312,13 +311,13 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServicer):
         # T1: a message only when the state changes, or at once when it is terminal;
         # the current non-terminal state is not sent first.
         session = self.state.sessions.get(request.session_id)
-        first = session.tasks.get(task_id) if session is not None else None
+        first = self.state.task(session, task_id) if session is not None else None
         sent: TaskState | None = None
         if first is not None and first.state not in TERMINAL:
             sent = first.state
         while True:
             session = self.state.sessions.get(request.session_id)
-            task = session.tasks.get(task_id) if session is not None else None
+            task = self.state.task(session, task_id) if session is not None else None
             if task is None:
                 return  # the real server closes the stream with OK and no message
             if task.state != sent:

@@ -12,14 +12,18 @@ change and are called synchronously, on the caller's thread.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from flame_testkit._task_archive import TaskArchive
 from flamepy._types import TaskState
 from flamepy.proto import types_pb2
+
+log = logging.getLogger("flame_testkit.state")
 
 DEFAULT_APP_MAX_INSTANCES = 1_000_000
 DEFAULT_DELAY_RELEASE = 60
@@ -35,6 +39,11 @@ INT64_MAX = 2**63 - 1
 
 
 TERMINAL = frozenset({TaskState.SUCCEED, TaskState.FAILED, TaskState.CANCELLED})
+TASK_PAYLOADS_IN_MEMORY = 1_000
+"""Finished tasks per session that stay in memory (at most)..."""
+TASK_BYTES_IN_MEMORY = 4 * 1024 * 1024
+"""...and at most this many bytes of their inputs and outputs; older ones are
+archived (see :mod:`._task_archive`)."""
 
 
 class StateError(Exception):
@@ -145,6 +154,10 @@ class SessionRecord:
     next_task_id: int = 1
     lease: str | None = None
     """The identity of the client process that owns it (``flamepy._owner``)."""
+    finished: deque[int] = field(default_factory=deque)
+    """Finished tasks still in memory, oldest first; older ones are archived."""
+    finished_bytes: int = 0
+    """The payload bytes of ``finished``."""
 
     @property
     def max_instances(self) -> int | None:
@@ -206,8 +219,17 @@ def validate_app_spec(spec: types_pb2.ApplicationSpec | None) -> types_pb2.Appli
 class ClusterState:
     """Applications, sessions and tasks of one local session manager."""
 
-    def __init__(self, retry_limit: int = DEFAULT_RETRY_LIMIT) -> None:
+    def __init__(
+        self,
+        retry_limit: int = DEFAULT_RETRY_LIMIT,
+        archive: TaskArchive | None = None,
+        kept_in_memory: int = TASK_PAYLOADS_IN_MEMORY,
+    ) -> None:
+        """``archive``: where the payloads of finished tasks beyond the newest
+        ``kept_in_memory`` of each session go (None: they all stay in memory)."""
         self.retry_limit = retry_limit
+        self.archive = archive
+        self.kept_in_memory = kept_in_memory
         self.apps: dict[str, AppRecord] = {}
         self.sessions: dict[str, SessionRecord] = {}
         self.by_app: dict[str, dict[str, SessionRecord]] = {}
@@ -280,6 +302,8 @@ class ClusterState:
         del self.apps[name]
         for session in self.by_app.pop(name, {}).values():
             del self.sessions[session.id]
+            if self.archive is not None:
+                self.archive.drop(session.id)
             self._emit("removed", session)
 
     def get_application(self, name: str) -> AppRecord:
@@ -386,6 +410,8 @@ class ClusterState:
             )
         del self.sessions[session_id]
         self.by_app.get(session.spec.application, {}).pop(session_id, None)
+        if self.archive is not None:
+            self.archive.drop(session_id)
         session.open = False
         self._emit("removed", session)
         return session
@@ -420,13 +446,23 @@ class ClusterState:
     def get_task(self, session_id: str, task_id: str) -> TaskRecord:
         tid = parse_task_id(task_id)
         session = self.get_session(session_id)
-        try:
-            return session.tasks[tid]
-        except KeyError:
-            raise NotFound(f"task {session_id}/{task_id} not found") from None
+        found = self.task(session, tid)
+        if found is None:
+            raise NotFound(f"task {session_id}/{task_id} not found")
+        return found
 
     def iter_tasks(self, session_id: str) -> Iterator[TaskRecord]:
-        return iter(list(self.get_session(session_id).tasks.values()))
+        session = self.get_session(session_id)
+        in_memory = list(session.tasks.values())
+        if len(in_memory) == session.next_task_id - 1:
+            return iter(in_memory)
+        return self._all_tasks(session, session.next_task_id)
+
+    def _all_tasks(self, session: SessionRecord, end: int) -> Iterator[TaskRecord]:
+        for task_id in range(1, end):
+            found = self.task(session, task_id)
+            if found is not None:
+                yield found
 
     def _transition(
         self,
@@ -443,7 +479,35 @@ class ClusterState:
             task.events.append(EventRecord(int(state), message or task_event_text(state), when))
         if state in TERMINAL:
             task.completion_time = when
+            if self.archive is not None:
+                session.finished.append(task.id)
+                session.finished_bytes += _size(task)
+                while len(session.finished) > 1 and (
+                    len(session.finished) > self.kept_in_memory
+                    or session.finished_bytes > TASK_BYTES_IN_MEMORY
+                ):
+                    oldest = session.tasks[session.finished.popleft()]
+                    session.finished_bytes -= _size(oldest)
+                    self._archive(session, oldest)
         self._emit("task", session, task)
+
+    def _archive(self, session: SessionRecord, task: TaskRecord) -> None:
+        if self.archive is None:
+            return
+        try:
+            self.archive.put(session.id, task.id, task)
+        except OSError as exc:  # a full disk: it stays in memory, nothing is lost
+            log.warning("cannot archive task %s/%s: %s", session.id, task.id, exc)
+            return
+        del session.tasks[task.id]
+
+    def task(self, session: SessionRecord, task_id: int) -> TaskRecord | None:
+        """A task of ``session``, from memory or from the archive."""
+        found = session.tasks.get(task_id)
+        if found is not None or self.archive is None or not 0 < task_id < session.next_task_id:
+            return found
+        record: TaskRecord | None = self.archive.get(session.id, task_id)
+        return record
 
     # -- executor-manager side ------------------------------------------------------
 
@@ -533,7 +597,7 @@ class ClusterState:
             while session.pending:
                 task = session.tasks[session.pending.popleft()]
                 self._transition(session, task, TaskState.CANCELLED, now, reason)
-            for task in session.tasks.values():
+            for task in list(session.tasks.values()):
                 if task.state == TaskState.RUNNING:
                     self._transition(session, task, TaskState.FAILED, now, reason)
             session.open = False
@@ -550,6 +614,10 @@ class ClusterState:
     def retry_limit_reached(self, session_id: str) -> bool:
         session = self.sessions.get(session_id)
         return session is None or session.bind_failures >= self.retry_limit
+
+
+def _size(task: TaskRecord) -> int:
+    return len(task.input or b"") + len(task.output or b"")
 
 
 def _as_stored(spec: types_pb2.ApplicationSpec) -> types_pb2.ApplicationSpec:
