@@ -91,13 +91,19 @@ def conformance(session: nox.Session) -> None:
     session.run_install(
         "uv", "pip", "install", "--python", str(peer_python), PEER_FLAMEPY, "numpy", env=env
     )
+    env = {"FLAME_PEER_PYTHON": str(peer_python)}
+    session.run("pytest", "conformance/", "-p", "no:cacheprovider", *session.posargs, env=env)
+    # Group 5, flamepy.service both ways with the peer: in flamepy's suite (where
+    # they skip without a peer), run here with it; a run of its own, since the two
+    # directories each have a conftest module.
     session.run(
         "pytest",
-        "conformance/",
+        "packages/flamepy/tests/test_service.py::test_peer_session_drives_our_instance",
+        "packages/flamepy/tests/test_service.py::test_our_session_drives_peer_instance",
         "-p",
         "no:cacheprovider",
         *session.posargs,
-        env={"FLAME_PEER_PYTHON": str(peer_python)},
+        env=env,
     )
 
 

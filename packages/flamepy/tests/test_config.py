@@ -149,7 +149,9 @@ def test_current_generation_selects_named_context(tmp_path: Path) -> None:
         FlameClientTls("/etc/flame/cache-ca.pem"),
         "/var/cache/flame",
     )
-    assert ctx.package == FlamePackage("file:///srv/packages", ["*.log", "data/"])
+    assert ctx.package == FlamePackage(
+        "file:///srv/packages", [*DEFAULT_PACKAGE_EXCLUDES, "*.log", "data/"]
+    )
     assert ctx.runner.template == "my-runner"
 
 
@@ -159,7 +161,7 @@ def test_older_generation_with_package_as_list(tmp_path: Path) -> None:
     assert ctx.endpoint == "http://127.0.0.1:30080"
     assert ctx.cache_endpoint == "grpc://127.0.0.1:30090"
     assert ctx.tls is None
-    assert ctx.package == FlamePackage("file:///opt/packages", ["*.tmp"])
+    assert ctx.package == FlamePackage("file:///opt/packages", [*DEFAULT_PACKAGE_EXCLUDES, "*.tmp"])
     assert ctx.runner.template == "flmrun"
 
 
@@ -176,7 +178,7 @@ def test_older_generation_with_package_as_mapping(tmp_path: Path) -> None:
         """,
     )
     assert ctx.package == FlamePackage("file:///p")
-    assert ctx.package.excludes == ()
+    assert ctx.package.excludes == DEFAULT_PACKAGE_EXCLUDES  # 0.6's defaults
 
 
 def test_older_http_cache_url_becomes_grpc_with_warning(
@@ -199,7 +201,7 @@ def test_endpoint_without_scheme_gets_http(tmp_path: Path) -> None:
 def test_excludes_are_kept_without_storage(tmp_path: Path) -> None:
     text = "current-context: a\ncontexts:\n  - name: a\n    package:\n      excludes: [big/]\n"
     ctx = load(tmp_path, text)
-    assert ctx.package == FlamePackage(None, ["big/"])
+    assert ctx.package == FlamePackage(None, [*DEFAULT_PACKAGE_EXCLUDES, "big/"])
     assert ctx.package.all_excludes == (*DEFAULT_PACKAGE_EXCLUDES, "big/")
 
 
@@ -434,7 +436,8 @@ def test_package_accepts_list_and_stores_tuple() -> None:
     assert package == FlamePackage("file:///p", ("a", "*.pyc"))
     assert hash(package) == hash(FlamePackage("file:///p", ["a", "*.pyc"]))
     assert package.all_excludes == (*DEFAULT_PACKAGE_EXCLUDES, "a")
-    assert FlamePackage("file:///p").excludes == ()
+    # Flame 0.6's defaults when none are given.
+    assert FlamePackage("file:///p").excludes == (".venv", "__pycache__", ".gitignore", "*.pyc")
     with pytest.raises(TypeError):
         FlamePackage("file:///p", "*.log")
 

@@ -24,6 +24,9 @@ EXPECTED = {
     "patch_object", "put_object", "update_object", "upload_object", "AsyncRunner",
     "FlameAsyncRunner", "FlameRunner", "ObjectExpr", "ObjectFuture", "ObjectResult",
     "RemoteError", "Runner",
+    # the service-author API, loaded from flmrun when used (issue 22)
+    "FLAME_INSTANCE_ENDPOINT", "ApplicationContext", "FlameService", "SessionContext",
+    "TaskContext", "TaskInformer", "run", "runner", "service", "util",
 }  # fmt: skip
 
 # Signatures of Flame's own SDK (0.6) that user code calls.
@@ -85,6 +88,7 @@ def test_core_compat_path_reexports() -> None:
 
 
 RUNNER_PUBLIC = {
+    "ErrorType", "FlameRunpyService", "RunnerError", "get_data",
     "AsyncObjectFuture", "AsyncRunner", "AsyncRunnerService", "FlameAsyncRunner",
     "FlameRunner", "ObjectExpr", "ObjectFuture", "ObjectResult", "PackagePreview",
     "RemoteError", "Runner", "RunnerContext", "RunnerRequest", "RunnerService",

@@ -154,7 +154,7 @@ class Recorder(flmrun.FlameService):
 class AsyncService(flmrun.FlameService):
     async def on_session_enter(self, context):
         await asyncio.sleep(0)
-        self.prefix = context.common_data or b""
+        self.prefix = context.common_data() or b""
         _record("enter")
 
     async def on_task_invoke(self, context):

@@ -412,16 +412,19 @@ def test_public_api_and_light_import() -> None:
 
 def test_contexts_defaults() -> None:
     app = flmrun.ApplicationContext(name="a")
-    assert (app.shim, app.image, app.command, app.working_directory, app.url, app.installer) == (
+    assert (app.image, app.command, app.working_directory, app.url, app.shim, app.installer) == (
+        None,
+        None,
+        None,
+        None,
         0,
         None,
-        None,
-        None,
-        None,
-        None,
     )
-    session = flmrun.SessionContext(session_id="s", application=app, common_data=None)
-    assert session.common_data is None
+    # Flame 0.6's shape: positional (common data, session id, application), and
+    # common_data() a method.
+    session = flmrun.SessionContext(b"cd", "s", app)
+    assert session.common_data() == b"cd" and session.session_id == "s"
+    assert flmrun.SessionContext(None, "s", app).common_data() is None
     task = flmrun.TaskContext(task_id="1", session_id="s", input=b"x")
     assert task.input == b"x"
     service = flmrun.FlameService()

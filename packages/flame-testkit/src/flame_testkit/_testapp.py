@@ -53,9 +53,9 @@ class TestAppService(FlameService):
         self.common_data: bytes | None = None
 
     def on_session_enter(self, context: SessionContext) -> None:
-        if context.common_data == b"fail-enter":
+        if context.common_data() == b"fail-enter":
             raise RuntimeError("enter refused")
-        self.common_data = context.common_data
+        self.common_data = context.common_data()
 
     def on_task_invoke(self, context: TaskContext) -> bytes | None:
         data = context.input

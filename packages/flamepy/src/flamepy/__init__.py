@@ -70,6 +70,7 @@ from flamepy._types import (
     Shim,
     Task,
     TaskID,
+    TaskInformer,
     TaskInput,
     TaskOutput,
     TaskState,
@@ -84,6 +85,7 @@ from flamepy.core.cache import (
     update_object,
     upload_object,
 )
+from flamepy.core.service import FLAME_INSTANCE_ENDPOINT, SERVICE_NAMES
 from flamepy.runner import (
     AsyncRunner,
     FlameAsyncRunner,
@@ -101,9 +103,11 @@ __all__ = [
     "DEFAULT_FLAME_CACHE_ENDPOINT",
     "DEFAULT_FLAME_CONF",
     "DEFAULT_FLAME_ENDPOINT",
+    "FLAME_INSTANCE_ENDPOINT",
     "AlreadyExistsError",
     "Application",
     "ApplicationAttributes",
+    "ApplicationContext",
     "ApplicationID",
     "ApplicationSchema",
     "ApplicationState",
@@ -127,6 +131,7 @@ __all__ = [
     "FlamePackage",
     "FlameRunner",
     "FlameRuntimeError",
+    "FlameService",
     "FlameTimeoutError",
     "FlameUsageError",
     "InternalError",
@@ -145,15 +150,18 @@ __all__ = [
     "Runner",
     "Session",
     "SessionAttributes",
+    "SessionContext",
     "SessionID",
     "SessionState",
     "Shim",
     "Task",
     "TaskCancelledError",
+    "TaskContext",
     "TaskError",
     "TaskFailedError",
     "TaskFuture",
     "TaskID",
+    "TaskInformer",
     "TaskInput",
     "TaskOutput",
     "TaskState",
@@ -175,7 +183,28 @@ __all__ = [
     "patch_object",
     "put_object",
     "register_application",
+    "run",
+    "runner",
+    "service",
     "unregister_application",
     "update_object",
     "upload_object",
+    "util",
 ]
+
+
+SUBMODULES = ("runner", "service", "util")
+
+
+def __getattr__(name: str) -> object:
+    """The service-author names (``FlameService``, the contexts, ``run``) load from
+    flmrun when first used: see :mod:`flamepy.core.service`."""
+    if name in SERVICE_NAMES:
+        from flamepy.core.service import load
+
+        return load(name)
+    if name in SUBMODULES:  # as 0.6, whose __init__ imports them
+        import importlib
+
+        return importlib.import_module(f"flamepy.{name}")
+    raise AttributeError(f"module 'flamepy' has no attribute {name!r}")

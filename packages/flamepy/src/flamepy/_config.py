@@ -82,12 +82,13 @@ class FlameClientTls:
 class FlamePackage:
     """Where Runner uploads application packages and which files it leaves out.
 
-    ``excludes`` holds the user's patterns only (stored as a tuple); see
-    :attr:`all_excludes` for the list merged with :data:`DEFAULT_PACKAGE_EXCLUDES`.
+    As in Flame's SDK 0.6, ``excludes`` defaults to :data:`DEFAULT_PACKAGE_EXCLUDES`,
+    and flame.yaml's patterns come after them (stored as a tuple);
+    :attr:`all_excludes` is that list without repeats.
     """
 
     storage: str | None
-    excludes: Sequence[str] = field(default_factory=list)
+    excludes: Sequence[str] = field(default_factory=lambda: list(DEFAULT_PACKAGE_EXCLUDES))
 
     def __post_init__(self) -> None:
         if isinstance(self.excludes, str):
@@ -311,7 +312,9 @@ class _Reader:
             if not isinstance(item, str) or not item:
                 got = "an empty string" if item == "" else _type_name(item)
                 raise self.fail(f"{key}.excludes[{i}]", f"expected a pattern, got {got}", fix)
-        return FlamePackage(storage, raw) if storage is not None or raw else None
+        if storage is None and not raw:
+            return None
+        return FlamePackage(storage, [*DEFAULT_PACKAGE_EXCLUDES, *raw])
 
     def select(
         self, data: Mapping[str, Any], current_key: str, list_key: str

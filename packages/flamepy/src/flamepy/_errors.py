@@ -6,7 +6,8 @@ The hierarchy::
     ├── FlameUsageError             the caller must change something (input, config)
     │   ├── ConfigError             flame.yaml or FLAME_* variables are malformed or missing
     │   │                           (or lack the access token a local cluster asked for)
-    │   └── InvalidArgumentError    a request was rejected as invalid (client or server side)
+    │   └── InvalidArgumentError    a request was rejected as invalid (client or server side);
+    │                               also a ``ValueError``, which Flame's SDK 0.6 raised
     └── FlameRuntimeError           the request was fine but something failed while serving it
         ├── NotFoundError           the named application, session or task does not exist
         ├── AlreadyExistsError      the name is taken
@@ -18,6 +19,8 @@ The hierarchy::
         │   │   └── RemoteError     a Runner call raised an exception that cannot be
         │   │                       re-raised here as its own type (``type_name`` names it)
         │   └── TaskCancelledError  the task ended Cancelled (its session was closed)
+        ├── RunnerError             ``flamepy.runner.get_data`` could not read a task's
+        │                           data (``error_type``: an ``ErrorType``, as in 0.6)
         └── InternalError           the server reported an internal or unknown failure
 
     ConfigWarning (UserWarning)     flamepy goes on, but says so: an unknown flame.yaml
@@ -104,7 +107,7 @@ class ConfigError(FlameUsageError):
     default_code = FlameErrorCode.INVALID_CONFIG
 
 
-class InvalidArgumentError(FlameUsageError):
+class InvalidArgumentError(FlameUsageError, ValueError):
     """A request was rejected as invalid, by this client or by the server."""
 
 
@@ -113,6 +116,38 @@ class FlameRuntimeError(FlameError):
 
     def __init__(self, message: str, code: FlameErrorCode | None = None) -> None:
         super().__init__(code, message)
+
+
+class ErrorType(enum.Enum):
+    """Why :class:`RunnerError` was raised (Flame SDK 0.6's values)."""
+
+    DECODE_ERROR = "decode_error"
+    CACHE_RETRIEVAL_ERROR = "cache_retrieval_error"
+    DATA_FORMAT_ERROR = "data_format_error"
+
+
+class RunnerError(FlameRuntimeError):
+    """A Runner task's data could not be read (``flamepy.runner.get_data``).
+
+    As in Flame's SDK 0.6: ``RunnerError(error_type, message, cause=None, key=None,
+    data_type=None)``, and ``str()`` starts with ``[<error_type>]``."""
+
+    def __init__(
+        self,
+        error_type: ErrorType,
+        message: str,
+        cause: Exception | None = None,
+        key: str | None = None,
+        data_type: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.cause = cause
+        self.key = key
+        self.data_type = data_type
+
+    def __str__(self) -> str:
+        return f"[{self.error_type.value}] {self.message}"
 
 
 class NotFoundError(FlameRuntimeError):
@@ -250,6 +285,7 @@ __all__ = [
     "ConfigError",
     "ConfigWarning",
     "ConnectionFailedError",
+    "ErrorType",
     "FlameError",
     "FlameErrorCode",
     "FlameRuntimeError",
@@ -261,6 +297,7 @@ __all__ = [
     "NotFoundError",
     "RemoteError",
     "RemoteTraceback",
+    "RunnerError",
     "TaskCancelledError",
     "TaskError",
     "TaskFailedError",

@@ -246,3 +246,14 @@ class Node:
     allocatable: ResourceRequirement = field(default_factory=ResourceRequirement)
     arch: str = ""
     os: str = ""
+
+
+class TaskInformer:
+    """Told of a watched task's updates (Flame SDK 0.6's interface): override
+    :meth:`on_update` and :meth:`on_error`; both do nothing by default."""
+
+    def on_update(self, task: Task) -> None:
+        """A new state of the task."""
+
+    def on_error(self, error: Exception) -> None:
+        """The watch failed with ``error``."""

@@ -172,10 +172,11 @@ class RunpyService(FlameService):
     # -- session ------------------------------------------------------------------------
 
     def on_session_enter(self, context: SessionContext) -> None:
-        if context.common_data is None:
+        common_data = context.common_data()
+        if common_data is None:
             raise ValueError("Common data is None in session context")
         self._ensure_package(context)
-        self._ref = ObjectRef.decode(context.common_data)
+        self._ref = ObjectRef.decode(common_data)
         self._load_context(self._ref, first=True)
         self._prefix = f"{context.application.name}/{context.session_id}"
 

@@ -169,6 +169,9 @@ async def serve(service: ServiceSpec, endpoint: str | None = None) -> None:
     or cannot be bound, and :class:`TypeError` if ``service`` is neither a service nor
     callable.
     """
+    as_service = getattr(service, "as_service", None)
+    if not isinstance(service, FlameService) and callable(as_service):
+        service = as_service()  # a flamepy.service.FlameInstance, served as in 0.6
     if not isinstance(service, FlameService) and not callable(service):
         raise TypeError(
             f"service must be a FlameService or a callable returning one, "

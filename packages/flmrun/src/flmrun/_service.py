@@ -28,17 +28,20 @@ __all__ = ["ApplicationContext", "FlameService", "SessionContext", "TaskContext"
 class ApplicationContext:
     """The application the bound session runs.
 
-    ``working_directory`` is the application's configured directory, which is not
-    necessarily the process's current directory. Arguments and environment variables are
-    not part of this context: the instance sees them only through argv and ``os.environ``.
+    The fields and their order are those of Flame's SDK 0.6 (``name``, ``image``,
+    ``command``, ``working_directory``, ``url``), then the two 0.6 did not carry
+    (``shim``, ``installer``).  ``working_directory`` is the application's configured
+    directory, which is not necessarily the process's current directory. Arguments
+    and environment variables are not part of this context: the instance sees them
+    only through argv and ``os.environ``.
     """
 
     name: str
-    shim: int = 0
     image: str | None = None
     command: str | None = None
     working_directory: str | None = None
     url: str | None = None
+    shim: int = 0
     installer: str | None = None
 
 
@@ -46,13 +49,18 @@ class ApplicationContext:
 class SessionContext:
     """The session an instance is bound to, given to :meth:`FlameService.on_session_enter`.
 
-    ``common_data`` is the session's opaque payload, passed through unchanged, or ``None``
-    when the session has none.
+    As in Flame's SDK 0.6: :meth:`common_data` returns the session's opaque payload,
+    passed through unchanged, or ``None`` when the session has none; it is built as
+    ``SessionContext(common_data_bytes, session_id, application)``.
     """
 
+    _common_data: bytes | None
     session_id: str
     application: ApplicationContext
-    common_data: bytes | None = None
+
+    def common_data(self) -> bytes | None:
+        """The session's common data, or None."""
+        return self._common_data
 
 
 @dataclass(frozen=True)

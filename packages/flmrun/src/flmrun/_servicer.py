@@ -138,6 +138,7 @@ def session_context(request: shim_pb2.SessionContext) -> SessionContext:
         return cast(str, getattr(app, field)) if app.HasField(field) else None
 
     return SessionContext(
+        _common_data=request.common_data if request.HasField("common_data") else None,
         session_id=request.session_id,
         application=ApplicationContext(
             name=app.name,
@@ -148,7 +149,6 @@ def session_context(request: shim_pb2.SessionContext) -> SessionContext:
             url=opt("url"),
             installer=opt("installer"),
         ),
-        common_data=request.common_data if request.HasField("common_data") else None,
     )
 
 

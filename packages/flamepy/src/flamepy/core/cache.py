@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from flamepy import _bson
 from flamepy._cache_client import CacheClient, client_for
-from flamepy._config import FlameContext
+from flamepy._config import FlameClientTls, FlameContext
 from flamepy._errors import InvalidArgumentError
 from flamepy._pickle import register_wire_class
 
@@ -169,7 +169,41 @@ async def delete_objects_async(key_prefix: str) -> None:
     await _in_pool(client.delete, key_prefix)
 
 
+# The cache's wire constants, under the names Flame's SDK 0.6 gives them
+# (flame-cache.md: schema metadata, logical types, reply fields).
+CACHE_FORMAT_METADATA_KEY = b"flame.cache.format"
+CACHE_VERSION_METADATA_KEY = b"flame.cache.version"
+CACHE_LOGICAL_TYPE_METADATA_KEY = b"flame.cache.logical_type"
+CACHE_FORMAT_ARROW_TABLE = b"arrow-table-v1"
+CACHE_FORMAT_OPAQUE = b"opaque-v1"
+LOGICAL_TYPE_DATASET = "dataset"
+LOGICAL_TYPE_PANDAS_DATAFRAME = "pandas.dataframe"
+LOGICAL_TYPE_POLARS_DATAFRAME = "polars.dataframe"
+LOGICAL_TYPE_PYARROW_RECORD_BATCH = "pyarrow.record_batch"
+LOGICAL_TYPE_PYARROW_TABLE = "pyarrow.table"
+OBJECT_FIELD_DATA = "data"
+OBJECT_FIELD_VERSION = "version"
+OBJECT_RESPONSE_FIELD_KIND = "kind"
+WILDCARD_SESSION = "*"
+"""The session part of ``<app>/*``, valid only for delete."""
+
 __all__ = [
+    "CACHE_FORMAT_ARROW_TABLE",
+    "CACHE_FORMAT_METADATA_KEY",
+    "CACHE_FORMAT_OPAQUE",
+    "CACHE_LOGICAL_TYPE_METADATA_KEY",
+    "CACHE_VERSION_METADATA_KEY",
+    "LOGICAL_TYPE_DATASET",
+    "LOGICAL_TYPE_PANDAS_DATAFRAME",
+    "LOGICAL_TYPE_POLARS_DATAFRAME",
+    "LOGICAL_TYPE_PYARROW_RECORD_BATCH",
+    "LOGICAL_TYPE_PYARROW_TABLE",
+    "OBJECT_FIELD_DATA",
+    "OBJECT_FIELD_VERSION",
+    "OBJECT_RESPONSE_FIELD_KIND",
+    "WILDCARD_SESSION",
+    "FlameClientTls",
+    "FlameContext",
     "ObjectRef",
     "delete_objects",
     "delete_objects_async",

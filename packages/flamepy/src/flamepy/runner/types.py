@@ -36,6 +36,8 @@ BATCH_ATTRIBUTE = "flame_batch"
 """Extra RunnerRequest attribute: the further calls (pickled RunnerRequests) of a
 batch task.  Flame's own runpy ignores it and runs the first call only."""
 
+MAX_SESSION_ID = 128
+"""The longest session id a SessionContext takes (as Flame's SDK 0.6)."""
 PYTHON_ATTRIBUTE = "flame_python"
 """Extra attribute of the pickled RunnerContext and of every RunnerRequest: the
 client's Python ``major.minor``.  flmrun refuses code pickled by value by another
@@ -63,6 +65,11 @@ class RunnerContext:
         obj = self.execution_object
         instance = not is_function(obj) and not isinstance(obj, type)
         if instance:
+            if self.autoscale:  # as Flame's SDK 0.6: an object lives on one instance
+                raise InvalidArgumentError(
+                    f"an object instance ({type(obj).__name__}) runs on one instance and "
+                    "cannot autoscale; pass its class to scale out, or drop autoscale=True"
+                )
             self.autoscale = False
         elif self.autoscale is None:
             self.autoscale = True
@@ -122,6 +129,22 @@ class SessionContext:
 
     session_id: str | None = None
     application_name: str | None = None
+
+    def __post_init__(self) -> None:
+        """As Flame's SDK 0.6: a bad id or name is a ValueError (InvalidArgumentError)."""
+        sid = self.session_id
+        if sid is not None:
+            if not isinstance(sid, str):
+                raise InvalidArgumentError(f"session_id must be a string, got {type(sid)}")
+            if not sid:
+                raise InvalidArgumentError("session_id cannot be empty string")
+            if len(sid) > MAX_SESSION_ID:
+                raise InvalidArgumentError(
+                    f"session_id too long ({len(sid)} chars, max {MAX_SESSION_ID})"
+                )
+        name = self.application_name
+        if name is not None and not isinstance(name, str):
+            raise InvalidArgumentError(f"application_name must be a string, got {type(name)}")
 
 
 __all__ = [
