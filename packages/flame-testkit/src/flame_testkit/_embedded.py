@@ -44,8 +44,11 @@ def embedded_capacity() -> int:
 # the loopback interface only costs CPU; every IPC reader accepts both).
 
 
-def embedded_cluster() -> ClusterThread:
-    """The process-wide local cluster, started on first use and stopped at exit."""
+def embedded_cluster(capacity: int | None = None) -> ClusterThread:
+    """The process-wide local cluster, started on first use and stopped at exit.
+
+    ``capacity`` (instances at once) applies when this call starts it; None means
+    ``FLAME_LOCAL_CAPACITY``, else the CPU count."""
     global _cluster
     if _cluster is None:
         with _lock:
@@ -53,7 +56,7 @@ def embedded_cluster() -> ClusterThread:
                 shared = background_loop()  # stopped at exit after the cluster (LIFO)
                 cluster = ClusterThread(
                     LocalClusterConfig(
-                        capacity=embedded_capacity(),
+                        capacity=capacity if capacity is not None else embedded_capacity(),
                         delay_release=EMBEDDED_DELAY_RELEASE,
                         kill_grace=EMBEDDED_KILL_GRACE,
                         in_process=True,

@@ -4,7 +4,8 @@ Two generations of the file are understood, told apart by their top-level keys:
 
 * current: ``current-context`` + ``contexts[]``, each entry with ``cluster``
   (``endpoint``, ``tls.ca_file``), ``cache`` (``endpoint``, ``tls.ca_file``,
-  ``storage``), ``package`` (``storage``, ``excludes``) and ``runner.template``;
+  ``storage``), ``package`` (``storage``, ``excludes``), ``runner.template`` and
+  ``local.capacity`` (the embedded local cluster's, when no endpoint is set);
 * older: ``current-cluster`` + ``clusters[]``, each entry with ``endpoint``, a plain
   string ``cache`` URL and ``package``.  An ``http(s)://`` cache URL from that era is
   rewritten to ``grpc(s)://`` with a warning.
@@ -106,6 +107,15 @@ class FlameContextRunner:
     """Runner settings; ``template`` is the application Runner copies."""
 
     template: str | None = None
+
+
+@dataclass(frozen=True)
+class FlameLocalConfig:
+    """The embedded local cluster (used when no endpoint is configured): ``capacity``
+    is how many instances it runs at once (None: ``FLAME_LOCAL_CAPACITY``, else the
+    CPU count)."""
+
+    capacity: int | None = None
 
 
 @dataclass(frozen=True)
@@ -222,6 +232,7 @@ class _Settings:
     template: str | None = None
     token: str | None = None
     token_file: str | None = None
+    local_capacity: int | None = None
 
 
 class _Reader:
@@ -363,7 +374,7 @@ class _Reader:
     def current(self, data: Mapping[str, Any]) -> _Settings:
         self.known(data, ("current-context", "contexts"), "")
         name, entry, key = self.select(data, "current-context", "contexts")
-        self.known(entry, ("name", "cluster", "cache", "package", "runner"), key)
+        self.known(entry, ("name", "cluster", "cache", "package", "runner", "local"), key)
         settings = _Settings(context_name=name)
         cluster = self.mapping(entry.get("cluster"), f"{key}.cluster")
         self.known(cluster, ("endpoint", "tls", "token_file"), f"{key}.cluster")
@@ -396,7 +407,20 @@ class _Reader:
         runner = self.mapping(entry.get("runner"), f"{key}.runner")
         if runner is not None:
             settings.template = self.string(runner.get("template"), f"{key}.runner.template")
+        local = self.mapping(entry.get("local"), f"{key}.local")
+        self.known(local, ("capacity",), f"{key}.local")
+        if local is not None:
+            settings.local_capacity = self.capacity(local.get("capacity"), f"{key}.local.capacity")
         return settings
+
+    def capacity(self, value: object, key: str) -> int | None:
+        """A whole number of 1 or more; null means unset."""
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            fix = "give the number of instances it may run at once, a whole number of 1 or more"
+            raise self.fail(key, f"expected a whole number >= 1, got {value!r}", fix)
+        return value
 
     def older(self, data: Mapping[str, Any]) -> _Settings:
         self.known(data, ("current-cluster", "clusters"), "")
@@ -522,6 +546,7 @@ class FlameContext:
         self._configured_cache_endpoint = settings.cache_endpoint
         self._package = settings.package
         self._runner = FlameContextRunner(template=settings.template or DEFAULT_RUNNER_TEMPLATE)
+        self._local = FlameLocalConfig(capacity=settings.local_capacity)
 
     @property
     def path(self) -> Path | None:
@@ -593,6 +618,11 @@ class FlameContext:
         return self._runner
 
     @property
+    def local(self) -> FlameLocalConfig:
+        """The embedded local cluster's settings (``local`` of the current context)."""
+        return self._local
+
+    @property
     def connect_timeout(self) -> float:
         """Seconds to wait for the Frontend channel to become ready."""
         return DEFAULT_CONNECT_TIMEOUT
@@ -629,6 +659,7 @@ __all__ = [
     "FlameClusterConfig",
     "FlameContext",
     "FlameContextRunner",
+    "FlameLocalConfig",
     "FlamePackage",
     "parse_endpoint",
     "unix_socket_path",

@@ -82,6 +82,7 @@ class Call:
 
     __slots__ = (
         "args",
+        "attempts",
         "batch",
         "batcher",
         "children",
@@ -101,6 +102,7 @@ class Call:
         "staged",
         "state",
         "task",
+        "timer",
         "values",
         "waiters",
     )
@@ -133,6 +135,8 @@ class Call:
         self.waiters: list[Any] | None = None
         self.task: asyncio.Task[None] | None = None  # admitting it, when that must wait
         self.escaped = False  # its result's ObjectRef was handed out: keep the object
+        self.attempts = 1  # tasks it was sent in (see _controls: retries)
+        self.timer: asyncio.TimerHandle | None = None  # its timeout (see _controls)
 
     def outcome(self) -> asyncio.Future[CallResult]:
         if self.result is None:
@@ -211,6 +215,8 @@ class Batcher:
         self.live: set[Call] = set()
         """Calls admitted and not done yet."""
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.retry: Callable[[Call, BaseException], bool] | None = None
+        """Whether a failed call goes out again (set by ``_controls``)."""
 
     def new_call(self, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
         return Call(self, method, args, kwargs)
@@ -260,8 +266,9 @@ class Batcher:
             await call.entered_future()
         return result
 
-    def cancel_queued(self, call: Call) -> bool:
-        """Take a call out of a batch not sent yet; it fails with TaskCancelledError.
+    def cancel_queued(self, call: Call, error: BaseException | None = None) -> bool:
+        """Take a call out of a batch not sent yet; it fails with ``error``
+        (TaskCancelledError by default).
 
         Not when a call of that batch refers to another by its place in the batch
         (a chain made at once): its place would change."""
@@ -276,7 +283,8 @@ class Batcher:
             other.index = i
         if not batch.calls and batch in self._sealed:
             self._sealed.remove(batch)
-        self._finish(call, error=TaskCancelledError("the call was cancelled before it ran"))
+        error = error or TaskCancelledError("the call was cancelled before it ran")
+        self._finish(call, error=error)
         return True
 
     def interrupt(self, error: BaseException) -> int:
@@ -417,7 +425,8 @@ class Batcher:
                 return
             self._pending += 1
             for call in batch.calls:
-                call.state = CallState.SENT
+                if call.state is CallState.QUEUED:  # not a call that timed out
+                    call.state = CallState.SENT
             self._tasks.add(asyncio.ensure_future(self._send(batch)))  # it removes itself
 
     def _spawn(self, coro: Any) -> None:
@@ -490,7 +499,7 @@ class Batcher:
                     )
                 for call, out in zip(calls, outputs, strict=True):
                     if out[:4] == ERROR_RESULT_MAGIC:
-                        self._finish(call, error=failure_of_output(out, task))
+                        self._failed(call, failure_of_output(out, task))
                     else:
                         self._finish(call, value=decode_output(out))
                 return
@@ -510,6 +519,15 @@ class Batcher:
         else:
             error = failure_of(task)
         for call in calls:
+            self._failed(call, error)
+
+    def _failed(self, call: Call, error: BaseException) -> None:
+        """A sent call failed: it goes out again if its service retries it."""
+        if call.state is CallState.SENT and self.retry is not None and self.retry(call, error):
+            call.attempts += 1
+            call.state, call.batch, call.index = CallState.WAITING, None, -1
+            self._try_queue(call)
+        else:
             self._finish(call, error=error)
 
     def _finish(
@@ -522,6 +540,9 @@ class Batcher:
         if call.state is CallState.DONE:
             return
         call.state = CallState.DONE
+        if call.timer is not None:
+            call.timer.cancel()
+            call.timer = None
         call.request = None
         call.data = b""
         call.args, call.kwargs, call.values, call.batch = (), {}, {}, None

@@ -21,7 +21,7 @@ from typing import Any
 
 from flamepy._async_client import AsyncConnection, AsyncSession, generate_session_id
 from flamepy._config import FlameContext
-from flamepy._embedded import resolve_cache_endpoint, resolve_endpoint
+from flamepy._embedded import check_capacity, resolve_cache_endpoint, resolve_endpoint
 from flamepy._errors import (
     AlreadyExistsError,
     InternalError,
@@ -41,6 +41,7 @@ from flamepy._types import (
 from flamepy.core.cache import delete_objects, put_object_async
 from flamepy.runner._batch import Batcher, Call, CallState
 from flamepy.runner._calls import CallResult, SubmissionOrder, Turn, succeeded
+from flamepy.runner._controls import CallControls
 from flamepy.runner._deps import INDEX_VARIABLES
 from flamepy.runner._package import DEFAULT_SIZE_BUDGET, Package
 from flamepy.runner._pickling import bind_constructor, check_arguments, pickle_context
@@ -146,9 +147,11 @@ class RunnerCore:
         size_budget: int = DEFAULT_SIZE_BUDGET,
         index_settings: Mapping[str, str] | None = None,
         dry_run: bool = False,
+        local_capacity: int | None = None,
     ) -> None:
         if not name:
             raise InvalidArgumentError("a Runner needs an application name")
+        self.local_capacity = check_capacity(local_capacity)
         unknown = sorted(set(index_settings or {}) - set(INDEX_VARIABLES))
         if unknown:
             raise InvalidArgumentError(
@@ -190,7 +193,7 @@ class RunnerCore:
             await self.dry_run_package()
             return
         ctx = FlameContext()
-        endpoint = await asyncio.to_thread(resolve_endpoint, ctx)
+        endpoint = await asyncio.to_thread(resolve_endpoint, ctx, self.local_capacity)
         self.cache_endpoint = await asyncio.to_thread(resolve_cache_endpoint, ctx)
         self.cache_ca = ctx.cache_tls.ca_file if ctx.cache_tls else None
         tls = ctx.tls
@@ -291,6 +294,7 @@ class RunnerCore:
         resreq: ResourceRequirement | None,
         args: tuple[Any, ...],
         kwargs: dict[str, Any] | None,
+        controls: CallControls | None = None,
     ) -> ServiceCore:
         if self.dry_run:
             raise InvalidArgumentError(
@@ -300,6 +304,8 @@ class RunnerCore:
         if resreq is None and inside_an_instance():
             resreq = NESTED_RESREQ
         service = ServiceCore(self, execution_object, autoscale, warmup, resreq, args, kwargs)
+        if controls is not None:
+            service.set_controls(controls)
         self.services.append(service)
         return service
 
@@ -443,6 +449,14 @@ class ServiceCore:
         self.batcher = Batcher(self.session, self.cache_prefix, ordered)
         self._session: asyncio.Future[AsyncSession] | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
+        self.controls = CallControls()
+        obj = execution_object
+        self.label = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+
+    def set_controls(self, controls: CallControls) -> None:
+        """Its calls' retries and timeout (see ``_controls``)."""
+        self.controls = controls
+        controls.install(self.batcher, self.label)
 
     async def session(self) -> AsyncSession:
         if self._session is None:
@@ -477,6 +491,7 @@ class ServiceCore:
         call of an ordered service behind it, is admitted by a task."""
         if call.state is not CallState.WAITING:
             return  # cancelled before it came in
+        self.controls.arm(self.batcher, call, self.label)
         order = self.order
         ready = (order is None or order.idle()) and self.opened_session_id() is not None
         if ready and self.batcher.admit_now(call):
@@ -528,6 +543,7 @@ class ServiceCore:
         task = asyncio.current_task()
         if task is not None:
             self._inflight.add(task)
+        self.controls.arm(self.batcher, call, self.label)
         try:
             turn = self.order() if self.order is not None else None
             result = await self._admit_in_turn(call, turn)

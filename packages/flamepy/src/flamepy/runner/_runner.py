@@ -16,13 +16,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import Any, Generic, TypeVar
 
-from flamepy._errors import FlameTimeoutError
+from flamepy._errors import FlameTimeoutError, InvalidArgumentError
 from flamepy._loop import BackgroundLoop, background_loop
 from flamepy._types import ResourceRequirement
 from flamepy.core.cache import ObjectRef
+from flamepy.runner._controls import CallControls
 from flamepy.runner._core import RunnerCore, ServiceCore
 from flamepy.runner._future import (
     AsyncObjectFuture,
@@ -31,8 +40,12 @@ from flamepy.runner._future import (
     get_all,
     wait_all,
 )
+from flamepy.runner._map import DEFAULT_MAX_IN_FLIGHT, AsyncMapIterator, MapIterator, check_bound
 from flamepy.runner._package import DEFAULT_SIZE_BUDGET
 from flamepy.runner._publish import PackagePreview
+from flamepy.runner.types import is_function
+
+RetryOn = type[BaseException] | Sequence[type[BaseException]]
 
 FutureT = TypeVar("FutureT", ObjectFuture, AsyncObjectFuture)
 
@@ -73,6 +86,16 @@ class _ServiceFront(Generic[FutureT]):
 
     def _submit(self, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> FutureT:
         raise NotImplementedError
+
+    @property
+    def retries(self) -> int:
+        """How many times a call is sent again (see ``Runner.service``)."""
+        return self._core.controls.retries
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds a call may take (see ``Runner.service``)."""
+        return self._core.controls.timeout
 
     def __call__(self, *args: Any, **kwargs: Any) -> FutureT:
         if not self._core.is_function:
@@ -127,9 +150,13 @@ class _RunnerFront:
     ``size_budget`` (bytes), ``index_settings`` (``UV_INDEX_URL``,
     ``UV_EXTRA_INDEX_URL``, ``PIP_INDEX_URL``, ... for the executor's installer;
     they are part of the application's spec, so anyone who can list applications
-    sees them: keep credentials in the cluster's environment) and ``dry_run``
+    sees them: keep credentials in the cluster's environment), ``dry_run``
     (package and report what the package holds and declares, :attr:`preview`,
-    without reaching a cluster).
+    without reaching a cluster) and ``local_capacity`` (how many instances the
+    embedded local cluster runs at once, when this Runner starts it: no endpoint
+    is configured and no embedded cluster runs yet in this program; it wins over
+    ``FLAME_LOCAL_CAPACITY`` and flame.yaml's ``local.capacity``.  Otherwise it
+    is ignored, with a :class:`~flamepy.ConfigWarning` that says why).
     """
 
     def __init__(
@@ -146,6 +173,7 @@ class _RunnerFront:
         size_budget: int = DEFAULT_SIZE_BUDGET,
         index_settings: Mapping[str, str] | None = None,
         dry_run: bool = False,
+        local_capacity: int | None = None,
     ) -> None:
         self.name = name
         self._core = RunnerCore(
@@ -160,6 +188,7 @@ class _RunnerFront:
             size_budget=size_budget,
             index_settings=index_settings,
             dry_run=dry_run,
+            local_capacity=local_capacity,
         )
         self._start()
 
@@ -215,12 +244,52 @@ class Runner(_RunnerFront):
         *,
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
+        retries: int = 0,
+        retry_on: RetryOn = (),
+        timeout: float | None = None,
     ) -> RunnerService:
         """Run a function, a class (``args``/``kwargs`` go to its constructor on the
-        executor) or an object instance remotely; its session opens now."""
-        core = self._core.new_service(execution_object, autoscale, warmup, resreq, args, kwargs)
+        executor) or an object instance remotely; its session opens now.
+
+        ``retries``: how many more times a call is sent when its instance was lost
+        (the process died or was killed while running it) or when it raised one of
+        the exception types ``retry_on``; the last failure is raised.  A retried
+        call of a stateful service runs after the calls already sent.
+        ``timeout``: seconds each call may take from the moment it is made (queueing
+        and retries count); a call not finished by then fails with
+        :class:`~flamepy.FlameTimeoutError` naming it.  Flame cannot cancel a task
+        that runs: such a call is abandoned, runs to its end on the cluster, and its
+        result is ignored (a call not sent yet is not sent)."""
+        controls = CallControls.of(retries, retry_on, timeout)
+        core = self._core.new_service(
+            execution_object, autoscale, warmup, resreq, args, kwargs, controls
+        )
         self._loop.run(core.session())
         return RunnerService(self, core)
+
+    def map(
+        self,
+        target: Any,
+        iterable: Iterable[Any],
+        *iterables: Iterable[Any],
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    ) -> MapIterator:
+        """Call ``target`` on each item (on items of several iterables taken
+        together, as ``zip`` does) and iterate over the values, in input order, as
+        ``concurrent.futures.Executor.map`` does.
+
+        ``target`` is a function, for which a service is made (and closed once every
+        value was taken), or a call of an existing service of this Runner: a method
+        (``rr.map(svc.method, items)``) or a function service (``rr.map(svc,
+        items)``), whose options (``retries``, ``timeout``, ...) apply.  At most
+        ``max_in_flight`` calls are made and not yet taken: the iterable is drawn
+        lazily, and the first ``max_in_flight`` calls are made at once.  A failing
+        call raises its exception when its value is reached; the calls still in
+        flight are then cancelled where they can be (those not sent yet)."""
+        bound = check_bound(max_in_flight)
+        submit, owned = _map_target(self, target, self.service)
+        on_done = owned.close if owned is not None else None
+        return MapIterator(submit, zip(iterable, *iterables, strict=False), bound, on_done)
 
     def get(self, futures: Sequence[ObjectFuture], timeout: float | None = None) -> list[Any]:
         """The values of ``futures``, within ``timeout`` seconds in all; raises the
@@ -322,10 +391,31 @@ class AsyncRunner(_RunnerFront):
         *,
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
+        retries: int = 0,
+        retry_on: RetryOn = (),
+        timeout: float | None = None,
     ) -> AsyncRunnerService:
         """Like :meth:`Runner.service`; the session opens in the background."""
-        core = self._core.new_service(execution_object, autoscale, warmup, resreq, args, kwargs)
+        controls = CallControls.of(retries, retry_on, timeout)
+        core = self._core.new_service(
+            execution_object, autoscale, warmup, resreq, args, kwargs, controls
+        )
         return AsyncRunnerService(self, core)
+
+    def map(
+        self,
+        target: Any,
+        iterable: Iterable[Any],
+        *iterables: Iterable[Any],
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    ) -> AsyncMapIterator:
+        """Like :meth:`Runner.map`, as an async iterator (``async for v in
+        rr.map(fn, items)``); call it in a coroutine: the first calls are made at
+        once.  ``iterable`` is a plain (not an async) iterable."""
+        bound = check_bound(max_in_flight)
+        submit, owned = _map_target(self, target, self.service)
+        on_done = owned.close if owned is not None else None
+        return AsyncMapIterator(submit, zip(iterable, *iterables, strict=False), bound, on_done)
 
     async def get(
         self, futures: Sequence[AsyncObjectFuture], timeout: float | None = None
@@ -369,3 +459,26 @@ class AsyncRunner(_RunnerFront):
 
 
 FlameAsyncRunner = AsyncRunner
+
+
+def _map_target(
+    runner: _RunnerFront, target: Any, make_service: Callable[[Any], Any]
+) -> tuple[Callable[..., Any], Any]:
+    """What ``map`` calls for each item, and the service it made for it (or None)."""
+    service = target._service if isinstance(target, _Method) else target
+    if isinstance(service, _ServiceFront):
+        if getattr(service, "_runner", None) is not runner:
+            raise InvalidArgumentError("map takes a service of the same Runner")
+        if not isinstance(target, _Method) and not service._core.is_function:
+            raise TypeError(
+                "map over a service that wraps a class or an object takes one of its "
+                f"methods (rr.map(svc.method, items)): {service.methods}"
+            )
+        return target, None
+    if not is_function(target):
+        raise TypeError(
+            f"map takes a function or a service's method, not {type(target).__name__}; "
+            "for a class, make a service and map one of its methods"
+        )
+    owned = make_service(target)
+    return owned, owned
