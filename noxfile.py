@@ -3,6 +3,10 @@
 * ``lint``: ruff check, ruff format --check, mypy (strict).
 * ``tests``: every package's tests; ``tests-flamepy``, ``tests-flmrun`` and
   ``tests-testkit`` run one package each.
+* ``tests-matrix``: a quick subset on the other Pythons (``tests-matrix-3.10``,
+  ``-3.12``, ``-3.13``); the full suite runs on 3.11.
+* ``install``: the wheels and the package folders installed outside the workspace,
+  and a Runner example run there (docs/install.md).
 * ``conformance``: wire conformance with Flame's own SDK (flamepy 0.6.0 from PyPI, in
   an isolated venv beside the session's), ``conformance/``.
 * ``e2e``: the end-to-end suite (``e2e/``) against the cluster ``FLAME_ENDPOINT`` (or
@@ -18,6 +22,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import nox
@@ -25,9 +33,18 @@ import nox
 nox.options.default_venv_backend = "uv"
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
-nox.options.sessions = ["lint", "tests", "conformance", "e2e", "chaos"]
+nox.options.sessions = ["lint", "tests", "tests-matrix", "install", "conformance", "e2e", "chaos"]
 
 PYTHON = "3.11"
+MATRIX = ["3.10", "3.12", "3.13"]
+"""The other Pythons of ``requires-python``: ``tests-matrix`` runs a quick subset there."""
+MATRIX_TESTS = [
+    "packages/flamepy/tests/test_config.py",
+    "packages/flamepy/tests/test_public_api.py",
+    "packages/flamepy/tests/test_cache.py",
+    "packages/flamepy/tests/test_install_hints.py",
+    "packages/flamepy/tests/test_examples.py::test_runner_examples_print_what_they_say",
+]
 PEER_FLAMEPY = "flamepy==0.6.0"
 """The reference peer of the conformance tests: Flame's own published Python SDK."""
 PACKAGES = {
@@ -35,6 +52,43 @@ PACKAGES = {
     "flmrun": "packages/flmrun/tests",
     "testkit": "packages/flame-testkit/tests",
 }
+
+
+def _runs(python: str | Path | None) -> bool:
+    try:
+        return (
+            python is not None
+            and subprocess.run(
+                [str(python), "-c", ""], capture_output=True, timeout=30, check=False
+            ).returncode
+            == 0
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _make_findable(versions: list[str]) -> None:
+    """Let nox find ``python3.X`` for each of ``versions`` without downloading one.
+
+    nox looks on PATH; pyenv's shims answer only for the active versions (``pyenv
+    global``, ``.python-version``), so another installed version is not found.  Its
+    ``bin`` directory goes at the end of PATH: what PATH found before, it finds first.
+    """
+    root = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
+    for version in versions:
+        if _runs(shutil.which(f"python{version}")):
+            continue
+        found = sorted(
+            root.glob(f"{version}.*/bin/python{version}"),
+            key=lambda exe: [int(p) if p.isdigit() else -1 for p in exe.parts[-3].split(".")],
+        )
+        for exe in reversed(found):  # the newest patch release that runs
+            if _runs(exe):
+                os.environ["PATH"] = f"{os.environ.get('PATH', '')}{os.pathsep}{exe.parent}"
+                break
+
+
+_make_findable(MATRIX)
 
 
 def sync(session: nox.Session) -> None:
@@ -74,6 +128,89 @@ def _package_session(name: str, path: str) -> None:
 
 for _name, _path in PACKAGES.items():
     _package_session(_name, _path)
+
+
+@nox.session(python=MATRIX, name="tests-matrix")
+def tests_matrix(session: nox.Session) -> None:
+    """Configuration, the public API, the cache and a Runner example, on another Python."""
+    sync(session)
+    session.run("pytest", *MATRIX_TESTS, "-p", "no:cacheprovider", *session.posargs)
+
+
+RELEASE = ("flamepy", "flmrun", "flame-testkit")
+
+
+@nox.session(venv_backend="none")
+def install(session: nox.Session) -> None:
+    """Outside the workspace (docs/install.md): the wheels installed with pip into a fresh
+    venv and ``examples/runner_hello.py`` run there, on the embedded local cluster, from a
+    project directory of its own; the package folders with ``uv pip install``; ``uv add``
+    of the folders, flamepy first."""
+    import tomllib
+
+    repo = Path(__file__).resolve().parent
+    version = tomllib.loads((repo / "packages/flamepy/pyproject.toml").read_text())["project"][
+        "version"
+    ]
+    env = {"UV_PYTHON_DOWNLOADS": "never"}
+    tmp = Path(tempfile.mkdtemp(prefix="flame-install-"))
+    try:
+        dist = tmp / "dist"
+        session.run(
+            "uv", "build", "--all-packages", "--wheel", "--quiet", "--out-dir", str(dist),
+            external=True, env=env,
+        )  # fmt: skip
+        wheels = [f"{name.replace('-', '_')}-{version}-py3-none-any.whl" for name in RELEASE]
+        assert sorted(p.name for p in dist.glob("*.whl")) == sorted(wheels), list(dist.iterdir())
+
+        # The wheels, with pip: the command of docs/install.md and of flamepy's hints.
+        venv = tmp / "wheels"
+        session.run("uv", "venv", "--seed", "--quiet", "-p", sys.executable, str(venv),
+                    external=True, env=env)  # fmt: skip
+        with session.chdir(dist):
+            session.run(str(venv / "bin/pip"), "install", "--quiet", "--disable-pip-version-check",
+                        *wheels, external=True)  # fmt: skip
+        project = tmp / "project"
+        project.mkdir()
+        shutil.copy(repo / "examples/runner_hello.py", project)
+        keep = ("PATH", "UV_CACHE_DIR", "UV_INDEX_URL", "UV_DEFAULT_INDEX", "TMPDIR", "LANG")
+        clean = {k: v for k, v in os.environ.items() if k in keep}
+        clean["HOME"] = str(tmp / "home")  # no ~/.flame/flame.yaml: the embedded cluster
+        with session.chdir(project):
+            out = session.run(str(venv / "bin/python"), "runner_hello.py", silent=True,
+                              external=True, env=clean, include_outer_env=False)  # fmt: skip
+        printed = [line for line in str(out).splitlines() if line.strip().isdigit()]
+        assert printed == ["3", "4", "14", "28"], out
+        _imports(session, venv / "bin/python")
+
+        # The package folders, with uv pip install, into another fresh venv.
+        folders = tmp / "folders"
+        session.run("uv", "venv", "--quiet", "-p", sys.executable, str(folders),
+                    external=True, env=env)  # fmt: skip
+        session.run("uv", "pip", "install", "--quiet", "--python", str(folders / "bin/python"),
+                    *(str(repo / "packages" / name) for name in RELEASE),
+                    external=True, env=env)  # fmt: skip
+        _imports(session, folders / "bin/python")
+
+        # uv add of the folders in a new project, flamepy first (a conflict before).
+        app = tmp / "app"
+        session.run("uv", "init", "--quiet", "--bare", "--no-workspace", "-p", sys.executable,
+                    str(app), external=True, env=env)  # fmt: skip
+        for name in RELEASE:
+            session.run("uv", "add", "--quiet", "--no-sync", "--directory", str(app),
+                        str(repo / "packages" / name), external=True, env=env)  # fmt: skip
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _imports(session: nox.Session, python: Path) -> None:
+    """The three packages import from the venv of ``python``, not from the repository."""
+    code = (
+        "import sys, flamepy, flmrun, flame_testkit\n"
+        "for m in (flamepy, flmrun, flame_testkit):\n"
+        "    assert m.__file__.startswith(sys.prefix), m.__file__\n"
+    )
+    session.run(str(python), "-c", code, external=True)
 
 
 @nox.session(python=PYTHON)

@@ -76,4 +76,4 @@ def test_without_flmrun_it_says_what_to_install() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "'flmrun' package, which is not installed" in proc.stderr
-    assert "pip install flmrun" in proc.stderr
+    assert "pip install flmrun-0.1.0-py3-none-any.whl" in proc.stderr

@@ -383,9 +383,9 @@ def test_run_needs_an_entrypoint_and_flmrun(monkeypatch: pytest.MonkeyPatch) -> 
     instance = FlameInstance()
     instance.entrypoint(lambda: None)
     monkeypatch.setitem(sys.modules, "flmrun", None)  # as if it were not installed
-    with pytest.raises(ImportError, match="pip install flmrun"):
+    with pytest.raises(ImportError, match=r"pip install flmrun-0\.1\.0-py3-none-any\.whl"):
         instance.run()
-    with pytest.raises(ImportError, match="pip install flmrun"):
+    with pytest.raises(ImportError, match=r"pip install flmrun-0\.1\.0-py3-none-any\.whl"):
         instance.as_service()
 
 

@@ -119,4 +119,6 @@ def test_without_flmrun_the_names_say_what_to_install(tmp_path: Path) -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
-    assert "pip install flmrun" in done.stdout and "FlameService" in done.stdout
+    assert (
+        "pip install flmrun-0.1.0-py3-none-any.whl" in done.stdout and "FlameService" in done.stdout
+    )

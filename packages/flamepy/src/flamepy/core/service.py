@@ -13,6 +13,7 @@ import importlib
 from typing import Any
 
 from flamepy._errors import FlameError, FlameErrorCode
+from flamepy._hints import install_hint
 
 FLAME_INSTANCE_ENDPOINT = "FLAME_INSTANCE_ENDPOINT"
 """The environment variable naming the Unix socket an instance serves on."""
@@ -31,7 +32,7 @@ def load(name: str) -> Any:
         raise ImportError(
             f"flamepy.{name} is the service-author API, which the flmrun package "
             "provides (the process a Flame executor launches); install it: "
-            "pip install flmrun"
+            + install_hint("flmrun")
         ) from exc
     return getattr(flmrun, name)
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import sys
 
+from flamepy._hints import install_hint
+
 MISSING_FLMRUN = (
     "flamepy.runner.runpy: the Runner's executor side is the 'flmrun' package, which is "
-    "not installed in this Python environment ({python}); install it there "
-    "(pip install flmrun, or the flmrun wheel of this release), next to flamepy; "
-    "see docs/deploy.md"
+    "not installed in this Python environment ({python}); install it there, next to "
+    "flamepy: " + install_hint("flmrun") + "; on a cluster's executors, docs/deploy.md"
 )
 
 

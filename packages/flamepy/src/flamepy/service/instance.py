@@ -17,8 +17,8 @@ application's command::
         instance.run()
 
 :meth:`FlameInstance.run` serves the ``flame.v1.Instance`` service with flmrun
-(``pip install flmrun``), which flamepy itself does not need: it is imported
-only there.
+(the flmrun wheel of this release: docs/install.md), which flamepy itself does
+not need: it is imported only there.
 """
 
 from __future__ import annotations
