@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from flamepy import _bson, _cache_inproc
+from flamepy import _progress as progress
 from flamepy._auth import flight_middleware, token_for
 from flamepy._cache_codec import (
     UPLOAD_SCHEMA,
@@ -485,6 +486,10 @@ class CacheClient:
         if not source.is_file():
             raise InvalidArgumentError(f"upload_object: {source} is not a file")
 
+        shown = progress.bar(
+            source.stat().st_size, f"uploading {source.name}", "B", minimum=progress.MIN_BYTES
+        )
+
         def chunks() -> Iterator[pa.RecordBatch]:
             version = uint64_array(0)
             with source.open("rb") as fh:
@@ -493,13 +498,19 @@ class CacheClient:
                     yield pa.RecordBatch.from_arrays(
                         [version, binary_array(data)], schema=UPLOAD_SCHEMA
                     )
+                    if shown is not None:
+                        shown.add(len(data))
                     if len(data) < FILE_CHUNK:
                         return
 
         descriptor = flight.FlightDescriptor.for_path(key)
-        result = self._call(
-            f"upload_object({key})", lambda: self._do_put(descriptor, UPLOAD_SCHEMA, chunks())
-        )
+        try:
+            result = self._call(
+                f"upload_object({key})", lambda: self._do_put(descriptor, UPLOAD_SCHEMA, chunks())
+            )
+        finally:
+            if shown is not None:
+                shown.close()
         return (str(result["endpoint"]), str(result["key"]), int(result["version"]))
 
     def delete(self, key: str) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 import pathspec
 
+from flamepy import _progress as progress
 from flamepy._errors import InvalidArgumentError
 from flamepy.runner._deps import EXTRA_FILE
 from flamepy.runner._package_index import IndexedPackage, fingerprint, lookup, remember
@@ -235,17 +236,30 @@ def indexed_package(tree: Tree) -> Package | None:
 
 def build_tree(tree: Tree, out_dir: Path) -> Package:
     """Archive ``tree`` into ``out_dir/<name>-<digest16>.tar.gz`` and remember it."""
+    total = sum(st.st_size for _, _, st in tree.entries)
+    shown = progress.bar(total, "packaging", "B", minimum=progress.MIN_BYTES)
+    try:
+        return _build(tree, out_dir, shown)
+    finally:
+        if shown is not None:
+            shown.close()
+
+
+def _build(tree: Tree, out_dir: Path, shown: progress.Bar | None) -> Package:
     names = sorted([rel for rel, _, _ in tree.entries] + list(tree.extra))
     raw = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:  # noqa: SIM117
         with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
             by_name = {rel: path for rel, path, _ in tree.entries}
+            sizes = {rel: st.st_size for rel, _, st in tree.entries}
             for rel in names:
                 if rel in tree.extra:
                     data = tree.extra[rel]
                     tar.addfile(_tarinfo(rel, size=len(data)), io.BytesIO(data))
                 else:
                     _add_entry(tar, rel, by_name[rel], tree.root)
+                    if shown is not None:
+                        shown.add(sizes[rel])
     data = raw.getvalue()
     digest = hashlib.sha256(data).hexdigest()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,8 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
+from flamepy import _progress as progress
+
 _LOCK = threading.Lock()
 
 
@@ -113,12 +115,42 @@ def wait_calls(
     pending = _register(calls, waiter)
     if not pending:
         return True
+    shown = progress.bar(len(calls), "flame calls", "call", minimum=progress.MIN_CALLS)
+    if shown is not None:
+        with shown:
+            return _wait_showing(calls, pending, waiter, timeout, shown)
     if waiter.event.wait(timeout):
         if waiter.failed:
             _unregister(pending, waiter)
         return True
     _unregister(pending, waiter)
     return False
+
+
+def _wait_showing(
+    calls: Sequence[Waitable],
+    pending: list[Waitable],
+    waiter: _EventWaiter,
+    timeout: float | None,
+    shown: progress.Bar,
+) -> bool:
+    """:func:`wait_calls` with a progress bar, redrawn every ``REDRAW`` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            _unregister(pending, waiter)
+            return False
+        done = waiter.event.wait(REDRAW if left is None else min(REDRAW, left))
+        shown.set(len(calls) - max(waiter.left, 0))
+        if done:
+            if waiter.failed:
+                _unregister(pending, waiter)
+            return True
+
+
+REDRAW = 0.1
+"""Seconds between two redraws of a wait's progress bar."""
 
 
 class _LoopWaiter(_Waiter):
