@@ -386,7 +386,8 @@ def test_a_large_upload_is_held_once_in_the_servers_memory(
     _, peak = _memory(proc, "rss")
     growth = peak - base
     # Gathered in place: the payload plus what gRPC has read ahead (tens of MiB),
-    # 1.03-1.23x here; it was 2.0-2.1x, the chunks and their joined copy, before.
-    assert growth < 1.5 * size, f"peak RSS grew by {growth / size:.2f}x the upload"
+    # 1.03-1.23x here, once 1.52x on a loaded CI machine; it was 2.0-2.1x, the chunks
+    # and their joined copy, before.
+    assert growth < 1.8 * size, f"peak RSS grew by {growth / size:.2f}x the upload"
     reply = client.do_get(flight.Ticket(b"app/ssn/big:0")).read_all()
     assert reply.column("data")[0].as_buffer().equals(payload)
