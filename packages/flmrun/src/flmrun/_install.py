@@ -49,6 +49,7 @@ from flamepy.runner._deps import (
     Dependencies,
     DependencyError,
     find_dependencies,
+    is_generated,
 )
 from flmrun._envs import claim_use, prune_environments, record_size
 from flmrun._errors import InstallError
@@ -118,17 +119,10 @@ def _pyproject(src: Path) -> dict[str, Any] | None:
     return data
 
 
-def _generated(data: dict[str, Any]) -> bool:
-    """Whether the parsed pyproject is the one the Runner generates."""
-    tool = data.get("tool")
-    flame = tool.get("flame") if isinstance(tool, dict) else None
-    return isinstance(flame, dict) and flame.get("generated") is True
-
-
 def is_generated_without_dependencies(src: Path) -> bool:
     """True when ``src/pyproject.toml`` is the Runner-generated one with no dependencies."""
     data = _pyproject(src)
-    if data is None or not _generated(data):
+    if data is None or not is_generated(data):
         return False
     project = data.get("project", {})
     if not isinstance(project, dict):
@@ -139,7 +133,7 @@ def is_generated_without_dependencies(src: Path) -> bool:
 
 def _is_generated(src: Path) -> bool:
     data = _pyproject(src)
-    return data is not None and _generated(data)
+    return data is not None and is_generated(data)
 
 
 def _builds(src: Path) -> bool:

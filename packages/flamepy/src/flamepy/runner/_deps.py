@@ -158,7 +158,8 @@ def _project(src: Path) -> dict[str, Any] | None:
     return _toml(pyproject) if pyproject.is_file() else None
 
 
-def _generated(data: dict[str, Any] | None) -> bool:
+def is_generated(data: dict[str, Any] | None) -> bool:
+    """Whether a parsed pyproject is the one the Runner generates."""
     tool = data.get("tool") if data else None
     flame = tool.get("flame") if isinstance(tool, dict) else None
     return isinstance(flame, dict) and flame.get("generated") is True
@@ -191,7 +192,7 @@ def find_dependencies(src: Path, extras: Sequence[str] = ()) -> Dependencies:
     the tree (the client's view); ``.flame/dependencies.txt`` is read too."""
     src = Path(src)
     data = _project(src)
-    generated = _generated(data)
+    generated = is_generated(data)
     extra_file = src / EXTRA_FILE
     more = list(extras)
     if extra_file.is_file():
@@ -228,4 +229,5 @@ __all__ = [
     "Dependencies",
     "DependencyError",
     "find_dependencies",
+    "is_generated",
 ]
