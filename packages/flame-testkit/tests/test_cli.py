@@ -86,6 +86,15 @@ def test_up_prints_endpoints_serves_and_stops_on_sigterm(tmp_path: Path) -> None
         with Connection.connect(line.split("=", 1)[1]) as conn:
             assert {a.name for a in conn.list_applications()} == {"flmrun", "flmping", "flmexec"}
             assert conn.list_nodes()[0].capacity.cpu == 1
+        assert proc.stderr is not None
+        said = proc.stderr.readline()
+        while not said.startswith("instance logs: "):
+            said = proc.stderr.readline()
+            assert said, "flame-local up did not say where its logs are"
+        logs = Path(said.split()[2])
+        assert logs.is_dir() and "removed when it stops" in said and "flmctl logs" in said
+        socket_dir = Path(line.split("=", 1)[1].removeprefix("unix://")).parent
+        assert (socket_dir / "logs").resolve() == logs
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:

@@ -166,6 +166,12 @@ async def _up(config: LocalClusterConfig) -> None:
     try:
         await cluster.start()
         _print_endpoints(cluster)
+        kept = "kept" if config.work_dir is not None else "removed when it stops"
+        print(
+            f"instance logs: {cluster.logs_dir} ({kept}; 'flmctl logs' shows them)",
+            file=sys.stderr,
+            flush=True,
+        )
         print("local Flame cluster is up; press Ctrl-C to stop", file=sys.stderr, flush=True)
         await stop.wait()
     finally:

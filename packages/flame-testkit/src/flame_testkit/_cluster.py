@@ -229,6 +229,11 @@ class LocalCluster:
         self.task_archive = TaskArchive(self.work_dir / f"tasks-{os.getpid()}-{id(self):x}")
         self.state = ClusterState(retry_limit=self.config.retry_limit, archive=self.task_archive)
         self.socket_dir = runtime_dir()
+        self.logs_dir = self.work_dir / "logs"
+        """Instances' stdout and stderr, ``<executor id>.out`` and ``.err``; linked from
+        the runtime directory as ``logs``, which is how ``flmctl logs`` finds them."""
+        self.logs_dir.mkdir(mode=0o700, exist_ok=True)
+        (self.socket_dir / "logs").symlink_to(self.logs_dir, target_is_directory=True)
         self.executor_manager: ExecutorManager | None = None
         self.reaper: LeaseReaper | None = None
         self.server: FrontendServer | None = None

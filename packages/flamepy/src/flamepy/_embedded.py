@@ -91,6 +91,7 @@ def resolve_endpoint(ctx: FlameContext, local_capacity: int | None = None) -> st
         capacity = ctx.local.capacity
     cluster = embedded_cluster(capacity)
     running = cluster.cluster.config.capacity
+    first = _started is None or _started[0] != cluster.endpoint
     _started = (cluster.endpoint, running)
     if local_capacity is not None and running != local_capacity:
         why = f"the embedded local cluster already runs, with capacity {running}"
@@ -98,6 +99,8 @@ def resolve_endpoint(ctx: FlameContext, local_capacity: int | None = None) -> st
     os.environ[FLAME_ENDPOINT] = cluster.endpoint
     if cluster.cache_endpoint:
         os.environ[FLAME_CACHE_ENDPOINT] = cluster.cache_endpoint
+    if not first:  # said once, when this program started it
+        return cluster.endpoint
     warnings.warn(
         f"no Flame endpoint is configured: running on an embedded local cluster "
         f"({cluster.endpoint}), which lives as long as this program; set FLAME_ENDPOINT or "

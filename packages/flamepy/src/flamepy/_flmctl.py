@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import flamepy
+from flamepy._flmctl_logs import DEFAULT_TAIL, list_logs, logs_dir, show_logs
 
 PROG = "flmctl"
 NONE = "-"
@@ -287,6 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_close = sub.add_parser("close", help="close a session")
     p_close.add_argument("-s", "--session", metavar="ID", required=True, help="the session ID")
 
+    p_logs = sub.add_parser("logs", help="show an instance's log (a local cluster's)")
+    p_logs.add_argument("executor", nargs="?", metavar="EXECUTOR_ID", help="(a prefix of) its id")
+    p_logs.add_argument(
+        "--tail", type=int, default=DEFAULT_TAIL, metavar="N", help="last N lines (0: all)"
+    )
+    p_logs.add_argument("--dir", metavar="DIR", help="the logs directory (default: found)")
+
     parser.set_defaults(subparsers={"list": p_list, "view": p_view})
     return parser
 
@@ -348,12 +356,19 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     conn: flamepy.Connection | None = None
     try:
+        print(f"{PROG}: cluster {_which_cluster(args.endpoint)}", file=sys.stderr)
+        if args.command == "logs":  # files on this machine: no connection
+            directory = logs_dir(args.endpoint, args.dir)
+            if args.executor:
+                print(show_logs(directory, args.executor, args.tail))
+            else:
+                print(list_logs(directory))
+            return 0
         client: _Client
         if args.endpoint:
             client = conn = flamepy.connect(args.endpoint)
         else:
             client = flamepy
-        print(f"{PROG}: cluster {_which_cluster(args.endpoint)}", file=sys.stderr)
         print(run(args, client))
     except flamepy.FlameError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

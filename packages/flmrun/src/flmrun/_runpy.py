@@ -42,12 +42,14 @@ from flamepy.runner.types import (
     ERROR_RESULT_MAGIC,
     INLINE_ATTRIBUTE,
     INLINE_RESULT_MAGIC,
+    OUTPUT_ATTRIBUTE,
     REBUILD_EXCEPTION,
     BatchSlot,
     RunnerContext,
     RunnerRequest,
 )
 from flmrun._errors import PythonVersionError, TaskFailure
+from flmrun._output import OUTPUT
 from flmrun._pyversion import THIS_PYTHON, check_payload, sender_python
 from flmrun._service import FlameService, SessionContext, TaskContext
 
@@ -178,6 +180,9 @@ class RunpyService(FlameService):
         self._ensure_package(context)
         self._ref = ObjectRef.decode(common_data)
         self._load_context(self._ref, first=True)
+        # What was just loaded is the cache's copy: the first call need not load it
+        # again (which would build a class's object a second time).
+        self._wrote_last = True
         self._prefix = f"{context.application.name}/{context.session_id}"
 
     def _ensure_package(self, context: SessionContext) -> None:
@@ -205,10 +210,14 @@ class RunpyService(FlameService):
         if not isinstance(value, RunnerContext):
             raise TypeError(f"common data holds a {type(value).__name__}, not a RunnerContext")
         self._context = value
+        directory = getattr(value, OUTPUT_ATTRIBUTE, None) if first else None
+        if isinstance(directory, str) and directory:
+            OUTPUT.start(directory)  # before the object is built: __init__ may print
         obj = value.execution_object
         self._object = obj() if isinstance(obj, type) else obj
 
     def on_session_leave(self) -> None:
+        OUTPUT.stop()
         if not self._checkpoints.flush():
             log.warning("the newest state of the session's object was not saved at leave")
         self._context = None
@@ -219,7 +228,10 @@ class RunpyService(FlameService):
 
     def on_task_invoke(self, context: TaskContext) -> bytes | None:
         with self._state_lock:
-            return self._invoke(context)
+            try:
+                return self._invoke(context)
+            finally:
+                OUTPUT.flush()  # a call's output reaches the cache before its result
 
     def _invoke(self, context: TaskContext) -> bytes | None:
         try:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from flamepy._async_client import AsyncConnection, AsyncSession, generate_session_id
+from flamepy._cache_client import client_for
 from flamepy._config import FlameContext
 from flamepy._embedded import check_capacity, resolve_cache_endpoint, resolve_endpoint
 from flamepy._errors import (
@@ -43,11 +44,12 @@ from flamepy.runner._batch import Batcher, Call, CallState
 from flamepy.runner._calls import CallResult, SubmissionOrder, Turn, succeeded
 from flamepy.runner._controls import CallControls
 from flamepy.runner._deps import INDEX_VARIABLES
+from flamepy.runner._output import RemoteOutput, directory_key, output_enabled
 from flamepy.runner._package import DEFAULT_SIZE_BUDGET, Package
 from flamepy.runner._pickling import bind_constructor, check_arguments, pickle_context
 from flamepy.runner._publish import PackagePreview, Publisher
 from flamepy.runner._storage import PackageStorage, storage_for
-from flamepy.runner.types import RunnerContext, SessionContext, is_function
+from flamepy.runner.types import OUTPUT_ATTRIBUTE, RunnerContext, SessionContext, is_function
 
 log = logging.getLogger("flamepy.runner")
 
@@ -148,6 +150,7 @@ class RunnerCore:
         index_settings: Mapping[str, str] | None = None,
         dry_run: bool = False,
         local_capacity: int | None = None,
+        output: bool | None = None,
     ) -> None:
         if not name:
             raise InvalidArgumentError("a Runner needs an application name")
@@ -181,6 +184,8 @@ class RunnerCore:
         self._storage: PackageStorage | None = None
         self._workdir: Path | None = None
         self.services: list[ServiceCore] = []
+        self.output = output_enabled(output)
+        self.remote_output: RemoteOutput | None = None
 
     @property
     def connection(self) -> AsyncConnection:
@@ -203,6 +208,8 @@ class RunnerCore:
         # What this Runner creates is its own: a local cluster reaps it if the program
         # is killed before it can clean up.
         self.conn.lease = identity()
+        if self.output:
+            self.remote_output = RemoteOutput(client_for(self.cache_endpoint, self.cache_ca))
         try:
             await self._register(ctx)
         except BaseException:
@@ -377,6 +384,8 @@ class RunnerCore:
             except Exception as exc:  # keep cleaning up
                 errors.append(exc)
         self.services.clear()
+        if self.remote_output is not None:  # the calls returned: their output was sent
+            await self.remote_output.close()
         if self.owner and self.conn is not None and left_open:
             self.owner = False
             log.warning(
@@ -437,13 +446,16 @@ class ServiceCore:
         if is_class and autoscale is None:
             autoscale = False  # a class keeps its state on one instance unless asked
         self.context = RunnerContext(obj, autoscale=autoscale, warmup=warmup)
+        explicit = getattr(execution_object, "_session_context", None)
+        sid = explicit.session_id if isinstance(explicit, SessionContext) else None
+        self.session_id = sid or generate_session_id(runner.name)
+        self.output_key = directory_key(runner.name, self.session_id) if runner.output else None
+        if self.output_key is not None:
+            setattr(self.context, OUTPUT_ATTRIBUTE, self.output_key)
         self.context_bytes = pickle_context(self.context, execution_object)
         self.resreq = resreq
         self.is_function = is_function(execution_object)
         self.methods = [] if self.is_function else public_methods(execution_object)
-        explicit = getattr(execution_object, "_session_context", None)
-        sid = explicit.session_id if isinstance(explicit, SessionContext) else None
-        self.session_id = sid or generate_session_id(runner.name)
         ordered = not self.context.autoscale
         self.order = SubmissionOrder() if ordered else None
         self.batcher = Batcher(self.session, self.cache_prefix, ordered)
@@ -465,6 +477,10 @@ class ServiceCore:
 
     async def _open(self) -> AsyncSession:
         ref = await put_object_async(f"{self.runner.name}/{self.session_id}", self.context_bytes)
+        shown = self.runner.remote_output
+        if self.output_key is not None and shown is not None:
+            await put_object_async(self.output_key, {"flame_output": 1})
+            shown.follow(self.label, self.output_key)
         spec = SessionAttributes(
             application=self.runner.name,
             common_data=ref.encode(),

@@ -156,7 +156,9 @@ class _RunnerFront:
     embedded local cluster runs at once, when this Runner starts it: no endpoint
     is configured and no embedded cluster runs yet in this program; it wins over
     ``FLAME_LOCAL_CAPACITY`` and flame.yaml's ``local.capacity``.  Otherwise it
-    is ignored, with a :class:`~flamepy.ConfigWarning` that says why).
+    is ignored, with a :class:`~flamepy.ConfigWarning` that says why), and
+    ``output`` (show what remote code prints and logs here, prefixed with the
+    service and the instance's pid; on unless ``False`` or ``FLAME_OUTPUT=0``).
     """
 
     def __init__(
@@ -174,6 +176,7 @@ class _RunnerFront:
         index_settings: Mapping[str, str] | None = None,
         dry_run: bool = False,
         local_capacity: int | None = None,
+        output: bool | None = None,
     ) -> None:
         self.name = name
         self._core = RunnerCore(
@@ -189,6 +192,7 @@ class _RunnerFront:
             index_settings=index_settings,
             dry_run=dry_run,
             local_capacity=local_capacity,
+            output=output,
         )
         self._start()
 

@@ -42,6 +42,11 @@ PYTHON_ATTRIBUTE = "flame_python"
 """Extra attribute of the pickled RunnerContext and of every RunnerRequest: the
 client's Python ``major.minor``.  flmrun refuses code pickled by value by another
 Python version; Flame's own runpy ignores it."""
+OUTPUT_ATTRIBUTE = "flame_output"
+"""Extra attribute of the pickled RunnerContext: the cache key of the session's
+output directory, where flmrun sends what the session's code prints and logs
+(``flamepy.runner._output``); absent when the client asked for no output.  Flame's
+own runpy ignores it."""
 CLIENT_PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 
@@ -153,6 +158,7 @@ __all__ = [
     "ERROR_RESULT_MAGIC",
     "INLINE_ATTRIBUTE",
     "INLINE_RESULT_MAGIC",
+    "OUTPUT_ATTRIBUTE",
     "PYTHON_ATTRIBUTE",
     "BatchSlot",
     "RunnerContext",
