@@ -465,6 +465,27 @@ class ObjectStore:
         with self._lock:
             return [Listing(k, o.size) for k, o in self._objects.items()]
 
+    def inventory(self) -> list[tuple[str, int | None, int, str]]:
+        """(key, version, bytes, where) of every object, ``where`` being ``memory``,
+        ``memory+disk`` (a disk keeps a copy), ``disk`` or ``spilled`` (evicted; its
+        version is in the file, unread: None).  Does not count as a use."""
+        with self._lock:
+            disk = "memory+disk" if self.disk is not None else "memory"
+            rows: list[tuple[str, int | None, int, str]] = [
+                (k, o.version, o.size, disk) for k, o in self._objects.items()
+            ]
+            spilled = sorted(self._spilled - set(self._objects))
+        for name in spilled:
+            size = 0
+            base_path = getattr(self.spill, "base_path", None)  # DiskStorage's
+            if base_path is not None:
+                try:
+                    size = base_path(parse_key(name, full=True)).stat().st_size
+                except (OSError, CacheError):
+                    size = 0
+            rows.append((name, None, size, "spilled"))
+        return rows
+
     def _require(self, key: ObjectKey) -> CacheObject:
         obj = self._lookup(key)
         if obj is None:

@@ -36,7 +36,7 @@ Use it only for a peer that cannot send a token, and stop the cluster when done.
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flame-local", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="flame-local", description="Run a local Flame cluster.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
         ("up", "run a local cluster in the foreground"),
@@ -80,6 +80,15 @@ def _parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--work-dir", type=Path, default=None, help="instance and log directory")
         p.add_argument("--delay-release", type=int, default=None, help="idle release delay (s)")
+        p.add_argument(
+            "--dashboard",
+            action="store_true",
+            help="serve the dashboard on 127.0.0.1, with a token in its URL (needs "
+            "flame-testkit[dashboard])",
+        )
+        p.add_argument(
+            "--dashboard-port", type=int, default=0, help="the dashboard's port (0: free)"
+        )
         if name == "run":
             p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     return parser
@@ -116,6 +125,8 @@ def _config(args: argparse.Namespace) -> LocalClusterConfig:
             capacity=args.capacity,
             work_dir=args.work_dir,
             delay_release=args.delay_release,
+            dashboard=args.dashboard or args.dashboard_port != 0,
+            dashboard_port=args.dashboard_port,
             # clients on this host hand over large payloads as files, unless asked not to
             cache_local_transfer=not args.no_local_transfer,
             token=token,
@@ -166,6 +177,8 @@ async def _up(config: LocalClusterConfig) -> None:
     try:
         await cluster.start()
         _print_endpoints(cluster)
+        if cluster.dashboard_url is not None:
+            print(f"dashboard: {cluster.dashboard_url}", file=sys.stderr, flush=True)
         kept = "kept" if config.work_dir is not None else "removed when it stops"
         print(
             f"instance logs: {cluster.logs_dir} ({kept}; 'flmctl logs' shows them)",

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from flame_testkit._auth import (
     TOKEN_FILE_NAME,
@@ -54,6 +54,7 @@ from flame_testkit._server import DEFAULT_HOST, FrontendServer
 from flame_testkit._servicer import FrontendOptions, FrontendServicer
 from flame_testkit._state import DEFAULT_RETRY_LIMIT, ClusterState
 from flame_testkit._task_archive import TaskArchive
+from flame_testkit.dashboard import start_dashboard
 from flamepy import _cache_inproc as cache_inproc
 from flamepy import _inproc as inproc
 from flamepy._config import (
@@ -64,6 +65,9 @@ from flamepy._config import (
     FLAME_TOKEN_FILE,
 )
 from flamepy.proto import types_pb2
+
+if TYPE_CHECKING:
+    from flame_testkit.dashboard._server import Dashboard
 
 log = logging.getLogger("flame_testkit.cluster")
 T = TypeVar("T")
@@ -140,6 +144,11 @@ class LocalClusterConfig:
     task_stream: bool = DEFAULT_TASK_STREAM
     """Offer instances flmrun's task stream for their tasks (``flmrun._stream``);
     False keeps every Instance call on gRPC."""
+    dashboard: bool = False
+    """Serve the dashboard (``flame_testkit.dashboard``, needs aiohttp) on 127.0.0.1
+    with a token; its address is :attr:`LocalCluster.dashboard_url`."""
+    dashboard_port: int = 0
+    """The dashboard's TCP port on 127.0.0.1 (0: a free one)."""
 
     def __post_init__(self) -> None:
         if self.tcp:
@@ -243,6 +252,7 @@ class LocalCluster:
         """The access token of a TCP cluster (None on Unix sockets or with no_auth)."""
         self.token_file: Path | None = None
         """The 0600 file holding :attr:`token`."""
+        self.dashboard: Dashboard | None = None
         if self.config.tcp and not self.config.no_auth:
             self.token = self.config.token or new_token()
             self.token_file = write_token_file(self.socket_dir / TOKEN_FILE_NAME, self.token)
@@ -280,6 +290,11 @@ class LocalCluster:
         if self.server is None:
             raise RuntimeError("the local cluster is not started")
         return self.server.endpoint
+
+    @property
+    def dashboard_url(self) -> str | None:
+        """The dashboard's address with its token (None unless ``dashboard=True``)."""
+        return self.dashboard.url if self.dashboard is not None else None
 
     @property
     def launched_pids(self) -> list[int]:
@@ -362,6 +377,8 @@ class LocalCluster:
             self.state, manager, cache.store.delete if cache is not None else None
         )
         await self.reaper.start()
+        if self.config.dashboard:
+            self.dashboard = await start_dashboard(self, self.config.dashboard_port)
         log.debug("local Flame cluster up: frontend %s", self.server.endpoint)
         return self
 
@@ -369,6 +386,9 @@ class LocalCluster:
         """Release every instance, then stop the servers.  Needs no new threads, so it
         also works from an atexit hook, after concurrent.futures has shut down."""
         try:
+            if self.dashboard is not None:
+                await self.dashboard.stop()
+                self.dashboard = None
             if self.reaper is not None:
                 await self.reaper.stop()
             if self.executor_manager is not None:
@@ -481,6 +501,10 @@ class ClusterThread:
     @property
     def token_file(self) -> Path | None:
         return self.cluster.token_file
+
+    @property
+    def dashboard_url(self) -> str | None:
+        return self.cluster.dashboard_url
 
     def client_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
         return self.cluster.client_env(base)

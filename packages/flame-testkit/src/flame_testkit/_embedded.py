@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import threading
 
 from flame_testkit._cluster import ClusterThread, LocalClusterConfig
 from flame_testkit._errors import ClusterConfigError
 from flame_testkit._executor import DEFAULT_CAPACITY
+from flame_testkit.dashboard import DASHBOARD_ENV
 from flamepy._loop import background_loop
 
 _lock = threading.Lock()
@@ -44,6 +46,10 @@ def embedded_capacity() -> int:
 # the loopback interface only costs CPU; every IPC reader accepts both).
 
 
+def _flag(name: str) -> bool:
+    return (os.environ.get(name) or "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def embedded_cluster(capacity: int | None = None) -> ClusterThread:
     """The process-wide local cluster, started on first use and stopped at exit.
 
@@ -62,10 +68,13 @@ def embedded_cluster(capacity: int | None = None) -> ClusterThread:
                         in_process=True,
                         cache_compression=None,
                         cache_local_transfer=True,
+                        dashboard=_flag(DASHBOARD_ENV),
                     ),
                     loop=shared.loop,
                 )
                 cluster.start()
+                if cluster.dashboard_url is not None:
+                    print(f"flame dashboard: {cluster.dashboard_url}", file=sys.stderr, flush=True)
                 atexit.register(_stop)
                 _cluster = cluster
     return _cluster

@@ -135,6 +135,10 @@ class TaskRecord:
     output: bytes | None = None
     completion_time: int | None = None
     events: list[EventRecord] = field(default_factory=list)
+    started: float | None = None
+    """When it went Running, to the microsecond (the wire's times are whole seconds,
+    S7): the dashboard's durations."""
+    ended: float | None = None
 
 
 @dataclass
@@ -517,6 +521,7 @@ class ClusterState:
         if session is None or not session.open or not session.pending:
             return None
         task = session.tasks[session.pending.popleft()]
+        task.started = time.time()
         self._transition(session, task, TaskState.RUNNING, now_ms())
         return task
 
@@ -533,6 +538,7 @@ class ClusterState:
         if session is None or task is None or task.state != TaskState.RUNNING:
             return  # the session was dropped (application unregistered) meanwhile
         task.output = output
+        task.ended = time.time()
         state = TaskState.SUCCEED if return_code == 0 else TaskState.FAILED
         if state == TaskState.FAILED and not message:
             message = f"task failed with return code {return_code}"
