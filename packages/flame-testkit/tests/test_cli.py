@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,32 @@ def test_up_prints_endpoints_serves_and_stops_on_sigterm(tmp_path: Path) -> None
         assert logs.is_dir() and "removed when it stops" in said and "flmctl logs" in said
         socket_dir = Path(line.split("=", 1)[1].removeprefix("unix://")).parent
         assert (socket_dir / "logs").resolve() == logs
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_up_dashboard_prints_its_url(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [*CLI, "up", "--capacity", "1", "--dashboard"],
+        env=_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        said = proc.stderr.readline()
+        while not said.startswith("dashboard: "):
+            said = proc.stderr.readline()
+            assert said, "flame-local up --dashboard did not print its URL"
+        url = said.split()[1]
+        assert url.startswith("http://127.0.0.1:") and "/?token=" in url
+        with urllib.request.urlopen(url, timeout=10) as page:
+            assert page.status == 200 and b"Flame" in page.read()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:

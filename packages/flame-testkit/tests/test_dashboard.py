@@ -238,3 +238,38 @@ def test_a_traceback_is_read_without_running_the_pickled_code(tmp_path: Path) ->
     assert not marker.exists()  # the exception object was never built
     assert failure_of(b"FLMI\x80garbage") is None
     assert failure_of(ERROR_RESULT_MAGIC + b"junk") is None
+
+
+EMBEDDED = """
+import json, urllib.request
+from flamepy import Runner
+from flame_testkit._embedded import embedded_cluster
+
+with Runner("dash") as rr:
+    assert rr.service(abs)(-3).get() == 3
+    url = embedded_cluster().dashboard_url
+    with urllib.request.urlopen(url.replace("/?", "/api/applications?"), timeout=10) as r:
+        names = [a["name"] for a in json.load(r)["applications"]]
+    print(url, rr.application in names)
+"""
+
+
+def test_the_embedded_cluster_serves_it_with_flame_dashboard_1(tmp_path: Path) -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLAME_")}
+    env.update(HOME=str(tmp_path), FLAME_DASHBOARD="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", EMBEDDED], cwd=tmp_path, env=env, capture_output=True,
+        text=True, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    url, listed = proc.stdout.split()
+    assert url.startswith("http://127.0.0.1:") and "/?token=" in url and listed == "True"
+    assert proc.stderr.count(f"flame dashboard: {url}") == 1
+    without = {k: v for k, v in env.items() if k != "FLAME_DASHBOARD"}
+    plain = subprocess.run(
+        [sys.executable, "-c", EMBEDDED], cwd=tmp_path, env=without, capture_output=True,
+        text=True, timeout=180,
+    )  # fmt: skip
+    assert plain.returncode != 0 and "flame dashboard" not in plain.stderr  # none started
