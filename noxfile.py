@@ -1,6 +1,8 @@
 """Project sessions.  ``uv run nox`` runs the default set (what CI runs).
 
 * ``lint``: ruff check, ruff format --check, mypy (strict).
+* ``docs``: the documentation site (``mkdocs.yml``, ``docs/``), built with
+  ``mkdocs build --strict`` into the session's directory (``.nox/docs/site``).
 * ``tests``: every package's tests; ``tests-flamepy``, ``tests-flmrun`` and
   ``tests-testkit`` run one package each.
 * ``tests-matrix``: a quick subset on the other Pythons (``tests-matrix-3.10``,
@@ -33,7 +35,16 @@ import nox
 nox.options.default_venv_backend = "uv"
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
-nox.options.sessions = ["lint", "tests", "tests-matrix", "install", "conformance", "e2e", "chaos"]
+nox.options.sessions = [
+    "lint",
+    "docs",
+    "tests",
+    "tests-matrix",
+    "install",
+    "conformance",
+    "e2e",
+    "chaos",
+]
 
 PYTHON = "3.11"
 MATRIX = ["3.10", "3.12", "3.13"]
@@ -91,15 +102,16 @@ def _make_findable(versions: list[str]) -> None:
 _make_findable(MATRIX)
 
 
-def sync(session: nox.Session) -> None:
-    """Install the locked workspace (all packages, dev group) into the session venv."""
+def sync(session: nox.Session, *groups: str) -> None:
+    """Install the locked workspace (all packages, the dev group and ``groups``) into
+    the session venv."""
+    chosen = [arg for group in ("dev", *groups) for arg in ("--group", group)]
     session.run_install(
         "uv",
         "sync",
         "--frozen",
         "--all-packages",
-        "--group",
-        "dev",
+        *chosen,
         f"--python={session.virtualenv.location}",
         env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location, "UV_PYTHON_DOWNLOADS": "never"},
     )
@@ -111,6 +123,17 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy", "packages/flamepy/src", "packages/flmrun/src", "packages/flame-testkit/src")
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """The documentation site, strictly: a warning (a broken link or anchor, a page
+    missing from the nav, an API object not found) fails the build.  The site goes
+    to ``.nox/docs/site``, not into the repository."""
+    sync(session, "docs")
+    site = Path(session.virtualenv.location) / "site"
+    quiet = {"NO_MKDOCS_2_WARNING": "1"}  # Material's banner about MkDocs 2.0
+    session.run("mkdocs", "build", "--strict", "--site-dir", str(site), *session.posargs, env=quiet)
 
 
 @nox.session(python=PYTHON)
