@@ -40,10 +40,26 @@ def add(a, b):
 """
 
 
-def _project(tmp_path: Path, big: bool) -> Path:
+ASYNC_PROGRAM = """
+import asyncio
+from flamepy import AsyncRunner
+import lib
+
+async def main():
+    async with AsyncRunner("progress") as rr:
+        add = rr.service(lib.add)
+        futures = [add(i, 1) for i in range(150)]
+        assert await rr.get(futures) == [i + 1 for i in range(150)]
+    print("done", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def _project(tmp_path: Path, big: bool, program: str = PROGRAM) -> Path:
     project = tmp_path / "project"
     project.mkdir()
-    (project / "main.py").write_text(PROGRAM)
+    (project / "main.py").write_text(program)
     (project / "lib.py").write_text(LIB)
     if big:
         (project / "data.bin").write_bytes(os.urandom(20 * 1024 * 1024))
@@ -111,3 +127,14 @@ def test_packaging_a_large_project_shows_a_bar(tmp_path: Path, flame_env: Cluste
     project = _project(tmp_path, big=True)
     shown = _on_a_terminal(project, _env({"XDG_CACHE_HOME": str(tmp_path / "cache")}))
     assert "packaging" in shown and "uploading" in shown, shown[-2000:]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="pty")
+def test_an_async_wait_on_many_calls_shows_a_bar_too(
+    tmp_path: Path, flame_env: ClusterThread
+) -> None:
+    project = _project(tmp_path, big=False, program=ASYNC_PROGRAM)
+    shown = _on_a_terminal(project, _env())
+    assert "flame calls" in shown and "/150 [" in shown, shown[-2000:]
+    off = _on_a_terminal(project, _env({"FLAME_PROGRESS": "0"}))
+    assert "flame calls" not in off and "done" in off

@@ -27,6 +27,7 @@ from collections.abc import (
 )
 from typing import Any, Generic, TypeVar
 
+from flamepy import _progress as progress
 from flamepy._errors import FlameTimeoutError, InvalidArgumentError
 from flamepy._loop import BackgroundLoop, background_loop
 from flamepy._types import ResourceRequirement
@@ -48,6 +49,7 @@ from flamepy.runner.types import is_function
 RetryOn = type[BaseException] | Sequence[type[BaseException]]
 
 FutureT = TypeVar("FutureT", ObjectFuture, AsyncObjectFuture)
+T = TypeVar("T")
 
 
 class _Method(Generic[FutureT]):
@@ -424,17 +426,17 @@ class AsyncRunner(_RunnerFront):
     async def get(
         self, futures: Sequence[AsyncObjectFuture], timeout: float | None = None
     ) -> list[Any]:
-        return list(await asyncio.gather(*(f.get(timeout) for f in futures)))
+        return await _gather_shown([f.get(timeout) for f in futures])
 
     async def ref(
         self, futures: Sequence[AsyncObjectFuture], timeout: float | None = None
     ) -> list[ObjectRef]:
-        return list(await asyncio.gather(*(f.ref(timeout) for f in futures)))
+        return await _gather_shown([f.ref(timeout) for f in futures])
 
     async def wait(
         self, futures: Sequence[AsyncObjectFuture], timeout: float | None = None
     ) -> None:
-        await asyncio.gather(*(f.wait(timeout) for f in futures))
+        await _gather_shown([f.wait(timeout) for f in futures])
 
     async def select(
         self, futures: Sequence[AsyncObjectFuture]
@@ -486,3 +488,18 @@ def _map_target(
         )
     owned = make_service(target)
     return owned, owned
+
+
+async def _gather_shown(waits: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """``asyncio.gather``, with a progress bar on a terminal for many calls (as the
+    blocking Runner's ``get`` and ``wait``)."""
+    shown = progress.bar(len(waits), "flame calls", "call", minimum=progress.MIN_CALLS)
+    if shown is None:
+        return list(await asyncio.gather(*waits))
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    for task in tasks:
+        task.add_done_callback(lambda _: shown.add(1))
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        shown.close()
