@@ -101,12 +101,16 @@ def resolve_endpoint(ctx: FlameContext, local_capacity: int | None = None) -> st
         os.environ[FLAME_CACHE_ENDPOINT] = cluster.cache_endpoint
     if not first:  # said once, when this program started it
         return cluster.endpoint
-    warnings.warn(
+    # Explicit: the Runner resolves its endpoint in a worker thread, where the caller's
+    # frame would be concurrent.futures' (and the warning would quote its source line).
+    warnings.warn_explicit(
         f"no Flame endpoint is configured: running on an embedded local cluster "
         f"({cluster.endpoint}), which lives as long as this program; set FLAME_ENDPOINT or "
         "cluster.endpoint in ~/.flame/flame.yaml to use a real cluster",
         ConfigWarning,
-        stacklevel=2,
+        filename="flamepy",
+        lineno=0,
+        module="flamepy",
     )
     log.debug("embedded local cluster at %s", cluster.endpoint)
     return cluster.endpoint
