@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from flame_testkit._cache_server import CacheServer
-from flamepy import _cache_client
+from flamepy._cache import client as _cache_client
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -31,7 +31,8 @@ from typing import Any
 import pytest
 
 from flame_testkit import ClusterThread, LocalClusterConfig
-from flamepy import _cache_client, _client
+from flamepy import _client
+from flamepy._cache import client as _cache_client
 
 PEER_ENV = "FLAME_PEER_PYTHON"
 PEER_VERSION = "0.6.0"

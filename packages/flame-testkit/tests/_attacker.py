@@ -20,8 +20,8 @@ import grpc
 import pyarrow.flight as flight
 
 import flamepy._auth
-import flamepy._cache_client
-import flamepy._cache_codec
+import flamepy._cache.client
+import flamepy._cache.codec
 import flamepy._config
 import flamepy.core.cache as cache
 from flamepy.proto import frontend_pb2, frontend_pb2_grpc, types_pb2
@@ -118,7 +118,7 @@ def main() -> None:
         if reply.return_code != 0:
             raise RuntimeError(f"refused by the server: {reply.message}")
 
-    location = flamepy._cache_client.flight_location(args["cache_endpoint"])
+    location = flamepy._cache.client.flight_location(args["cache_endpoint"])
     client = flight.FlightClient(location)
     options = flight.FlightCallOptions(timeout=TIMEOUT)
 

@@ -9,7 +9,7 @@ import pytest
 
 from flamepy import ConfigError, FlameContext
 from flamepy._auth import token_for
-from flamepy._cache_client import flight_location
+from flamepy._cache.client import flight_location
 from flamepy._channel import _target
 from flamepy._config import parse_endpoint, unix_socket_path
 

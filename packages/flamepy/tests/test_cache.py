@@ -18,8 +18,8 @@ import pyarrow.flight as flight
 import pytest
 
 from flame_testkit._cache_server import CacheServer
-from flamepy import _cache_client
-from flamepy._cache_codec import encode_opaque
+from flamepy._cache import client as _cache_client
+from flamepy._cache.codec import encode_opaque
 from flamepy._errors import ConnectionFailedError, InvalidArgumentError, NotFoundError
 from flamepy.core import cache
 from flamepy.core.cache import ObjectRef

@@ -26,8 +26,9 @@ from _cache_helpers import user_module
 
 from flame_testkit._cache_local import LocalTransfer
 from flame_testkit._cache_server import CacheServer
-from flamepy import _bson, _cache_client
-from flamepy._cache_local import (
+from flamepy import _bson
+from flamepy._cache import client as _cache_client
+from flamepy._cache.local import (
     LOCAL_MIN_BYTES,
     RECYCLE_MIN_BYTES,
     TransferDir,

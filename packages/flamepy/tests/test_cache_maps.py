@@ -1,4 +1,4 @@
-"""Kept writer mappings (``_cache_maps``) and the two-core copy (``_copy``), against
+"""Kept writer mappings (``_cache.maps``) and the two-core copy (``_cache.copying``), against
 a real cache server, real files on /dev/shm and real other processes."""
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import pytest
 from _cache_helpers import objects, pooled, use, user_module
 
 from flame_testkit._cache_server import CacheServer
-from flamepy import _cache_client
-from flamepy._cache_codec import MAGIC_PICKLE, decode_opaque
-from flamepy._cache_local import RECYCLE_MIN_BYTES
-from flamepy._cache_maps import (
+from flamepy._cache import client as _cache_client
+from flamepy._cache.codec import MAGIC_PICKLE, decode_opaque
+from flamepy._cache.copying import PARALLEL_MIN, bytes_at
+from flamepy._cache.local import RECYCLE_MIN_BYTES
+from flamepy._cache.maps import (
     MAX_BYTES,
     MAX_FILES,
     WRITER_MAPS,
@@ -27,7 +28,6 @@ from flamepy._cache_maps import (
     WriterMaps,
     keep_mappings,
 )
-from flamepy._copy import PARALLEL_MIN, bytes_at
 from flamepy.core import cache
 
 SIZE = 4 * RECYCLE_MIN_BYTES
@@ -46,7 +46,7 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[CacheServer]:
 
 
 def test_keeping_is_on_by_default_and_can_be_turned_off(server: CacheServer) -> None:
-    script = "from flamepy._cache_maps import WRITER_MAPS as M; print(M.max_files, M.max_bytes)"
+    script = "from flamepy._cache.maps import WRITER_MAPS as M; print(M.max_files, M.max_bytes)"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert out.stdout.split() == [str(MAX_FILES), str(MAX_BYTES)]
     keep_mappings(0)
@@ -194,7 +194,7 @@ def test_a_lone_bytes_pickle_with_a_wrong_length_is_unpickled_not_copied() -> No
 
 PINNER = """
 import os, sys
-from flamepy._cache_maps import keep_mappings
+from flamepy._cache.maps import keep_mappings
 from flamepy.core import cache
 keep_mappings()
 ref = cache.put_object("app/pin", os.urandom(int(sys.argv[1])))

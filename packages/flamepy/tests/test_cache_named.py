@@ -4,7 +4,7 @@ Two things make a large argument cheap on the embedded cluster: a reader that
 holds an ObjectRef maps the object's file by the name it has while that version
 is current (``object_file``), without asking the server; and the cache's
 actions from the program that runs the cache server call the server directly
-(``_cache_inproc``).  Real servers, real files; a spy on the server's
+(``_cache.inproc``).  Real servers, real files; a spy on the server's
 ``do_action`` only records what reached it, and how.
 """
 
@@ -24,9 +24,10 @@ from _cache_helpers import use as _use
 
 from flame_testkit import ClusterThread, LocalClusterConfig
 from flame_testkit._cache_server import CacheServer
-from flamepy import _cache_client, _cache_inproc
-from flamepy._cache_client import CacheClient, flight_location
-from flamepy._cache_local import LOCAL_MIN_BYTES, RECYCLE_MIN_BYTES, object_file
+from flamepy._cache import client as _cache_client
+from flamepy._cache import inproc as _cache_inproc
+from flamepy._cache.client import CacheClient, flight_location
+from flamepy._cache.local import LOCAL_MIN_BYTES, RECYCLE_MIN_BYTES, object_file
 from flamepy._errors import InvalidArgumentError, NotFoundError
 from flamepy.core import cache
 

@@ -29,9 +29,9 @@ import pytest
 from flame_testkit import ClusterThread, LocalClusterConfig
 from flame_testkit._cache_local import TRANSFER_PARENT_ENV
 from flame_testkit._cache_server import CacheServer
-from flamepy import _cache_local
-from flamepy._cache_local import RECYCLE_MIN_BYTES, TransferDir
-from flamepy._cache_maps import Mapped
+from flamepy._cache import local as _cache_local
+from flamepy._cache.local import RECYCLE_MIN_BYTES, TransferDir
+from flamepy._cache.maps import Mapped
 
 MIB = 1 << 20
 TMPFS_BYTES = 16 * MIB

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from flamepy._copy import PARALLEL_MIN, advise_huge_pages
-from flamepy._memory import DEFAULT_HEAP_KEEP, heap_keep_from_env
+from flamepy._cache.copying import PARALLEL_MIN, advise_huge_pages
+from flamepy._cache.memory import DEFAULT_HEAP_KEEP, heap_keep_from_env
 
 glibc = pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt"
@@ -26,8 +26,8 @@ glibc = pytest.mark.skipif(
 PROBE = """
 import pickle, resource, sys
 import pyarrow as pa
-from flamepy import _memory
-from flamepy._cache_codec import MAGIC_PICKLE, decode_opaque
+from flamepy._cache import memory as _memory
+from flamepy._cache.codec import MAGIC_PICKLE, decode_opaque
 size = 1000 if sys.argv[1] == "small" else 100_000_000
 cell = pa.py_buffer(MAGIC_PICKLE + pickle.dumps(b"x" * size, protocol=5))
 for _ in range(3):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import flamepy
-import flamepy._cache_client
+import flamepy._cache.client
 from flame_testkit import ClusterThread
 from flamepy import Runner
 
@@ -117,7 +117,7 @@ def test_case5_a_killed_client_leaks_nothing(
         "its instances go",
         lambda: not [e for e in flame_connection.list_executors() if e.session_id in sessions],
     )
-    cache = flamepy._cache_client.client_for(flame_env.cache_endpoint)
+    cache = flamepy._cache.client.client_for(flame_env.cache_endpoint)
     assert cache.keys(f"{app}/") == []  # the put object and the object's state
     # The next Runner sweeps the killed one's packaging directory.
     monkeypatch.setenv("TMPDIR", str(tmp))

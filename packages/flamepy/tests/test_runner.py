@@ -24,7 +24,7 @@ import pyarrow.flight as flight
 import pytest
 
 import flamepy
-import flamepy._cache_client
+import flamepy._cache.client
 from flame_testkit import ClusterThread, LocalClusterConfig
 from flamepy import (
     AlreadyExistsError,
@@ -387,7 +387,7 @@ def test_case8_the_next_process_skips_the_upload_of_unchanged_code(
         version, built, uploaded, url = done.stdout.split()
         return version, built, uploaded, url
 
-    cache = flamepy._cache_client.client_for(flame_cluster.cache_endpoint)
+    cache = flamepy._cache.client.client_for(flame_cluster.cache_endpoint)
 
     def stored() -> list[str]:
         return sorted(cache.keys(f"{name}/pkg/"))
@@ -420,7 +420,7 @@ def test_case8_a_package_in_use_is_not_pruned(
 ) -> None:
     root, lib = project
     name = _app()
-    cache = flamepy._cache_client.client_for(flame_cluster.cache_endpoint)
+    cache = flamepy._cache.client.client_for(flame_cluster.cache_endpoint)
     with Runner(name) as old:
         source = root / f"{lib.__name__}.py"
         source.write_text(source.read_text().replace("VERSION = 1", "VERSION = 2"))

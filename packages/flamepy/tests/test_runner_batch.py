@@ -259,7 +259,7 @@ def test_state_checkpoints_reach_the_cache_after_the_replies(lib: ModuleType) ->
 
 
 def test_sequential_calls_share_state_writes(lib: ModuleType) -> None:
-    from flamepy._cache_client import client_for
+    from flamepy._cache.client import client_for
     from flmrun._runpy import CHECKPOINT_INTERVAL
 
     with Runner(_app()) as rr:

@@ -33,9 +33,9 @@ from flamepy import (
     ResourceRequirement,
     SessionState,
     TaskFailedError,
-    _cache_client,
     _client,
 )
+from flamepy._cache import client as _cache_client
 from flamepy.core import cache as core_cache
 from flamepy.core.cache import ObjectRef, get_object
 from flamepy.service import AsyncSession, FlameInstance, Session

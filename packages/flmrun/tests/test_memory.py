@@ -82,7 +82,7 @@ import pickle, resource
 import pyarrow as pa
 from flmrun._memory import apply_from_env
 applied = apply_from_env()
-from flamepy._cache_codec import MAGIC_PICKLE, decode_opaque
+from flamepy._cache.codec import MAGIC_PICKLE, decode_opaque
 cell = pa.py_buffer(MAGIC_PICKLE + pickle.dumps(b"x" * 100_000_000, protocol=5))
 for _ in range(3):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -47,7 +47,7 @@ from flame_testkit._cache_store import (
     binary_cell,
     is_native,
 )
-from flamepy._cache_codec import uint64_array
+from flamepy._cache.codec import uint64_array
 
 log = logging.getLogger("flame_testkit.cache")
 

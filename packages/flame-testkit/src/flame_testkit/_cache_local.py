@@ -36,7 +36,7 @@ file is renamed into the directory's *pool* (``free/``, at most
 removed); readers' mappings stay valid.  A client that writes its next payload
 claims a pooled file by renaming it, and reuses it only when a write lease
 proves that no process still has it open or mapped (see
-``flamepy._cache_local``): the file's memory is already allocated, and filling
+``flamepy._cache.local``): the file's memory is already allocated, and filling
 fresh memory costs several times the copy itself.  The old name is gone at the
 rename, so nobody can map the dropped object after that.  The directory is
 removed when the server stops, or, if its process died, by the next server
@@ -66,7 +66,7 @@ import pyarrow as pa
 
 from flame_testkit._auth import OWNER_FILE, sweep_dead, write_private
 from flame_testkit._cache_store import CacheObject, InvalidArgument
-from flamepy._cache_local import POOL_DIR, RECYCLE_MIN_BYTES, map_file, object_file
+from flamepy._cache.local import POOL_DIR, RECYCLE_MIN_BYTES, map_file, object_file
 
 log = logging.getLogger("flame_testkit.cache")
 
@@ -94,7 +94,7 @@ def default_parent() -> str | None:
     dir.  A set variable must name a writable directory (ValueError otherwise).
 
     A file system too small for a value is no fault: its writer cannot reserve
-    the space (``flamepy._cache_local.reserve``) and sends the value over Flight."""
+    the space (``flamepy._cache.local.reserve``) and sends the value over Flight."""
     configured = os.environ.get(TRANSFER_PARENT_ENV, "").strip()
     if configured:
         if not os.path.isdir(configured) or not os.access(configured, os.W_OK | os.X_OK):

@@ -77,7 +77,7 @@ from flame_testkit._cache_store import (
     parse_key,
 )
 from flamepy._bson import decode, encode
-from flamepy._cache_codec import uint64_array, utf8_array
+from flamepy._cache.codec import uint64_array, utf8_array
 
 log = logging.getLogger("flame_testkit.cache")
 
@@ -108,7 +108,7 @@ LOCAL_ACTIONS = {
     "LOCAL_PUT": "Adopt a payload file written in the transfer directory as an object",
     "LOCAL_GET": "An object as a file of the transfer directory, inline, or 'use DoGet'",
 }
-"""flame-testkit's same-host transfer actions (see ``_cache_local``)."""
+"""flame-testkit's same-host transfer actions (see ``_cache.local``)."""
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -350,7 +350,7 @@ class CacheFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         return actions
 
     def _local_action(self, local: LocalTransfer, kind: str, body: bytes) -> list[flight.Result]:
-        """The same-host transfer actions (``_cache_local``)."""
+        """The same-host transfer actions (``_cache.local``)."""
         if kind == "LOCAL_DIR":
             return [flight.Result(encode({"dir": str(local.dir), "token": local.token}))]
         doc = _bson_body(body, kind)
@@ -564,11 +564,11 @@ class CacheServer:
         ``max_object_bytes``: the largest object accepted; ``max_uploads``: DoPut
         streams served at once, a further one waiting ``upload_wait`` seconds.
         ``transfer_parent``: where the transfer directory goes (default
-        ``$FLAME_LOCAL_TRANSFER_DIR``, else ``/dev/shm``, see ``_cache_local``).
+        ``$FLAME_LOCAL_TRANSFER_DIR``, else ``/dev/shm``, see ``_cache.local``).
         ``compression``: of reply IPC bodies, ``"zstd"`` as Flame's cache does
         (flame-cache §3); None sends them plain, which every IPC reader accepts.
         ``local_transfer``: offer same-host transfers through files in a directory
-        on ``/dev/shm`` (``_cache_local``); clients elsewhere keep to Flight."""
+        on ``/dev/shm`` (``_cache.local``); clients elsewhere keep to Flight."""
         self.host = host
         self.compression = compression
         self.local_transfer = local_transfer

@@ -27,7 +27,7 @@ from typing import Literal, Protocol, TypeAlias
 
 import pyarrow as pa
 
-from flamepy._cache_codec import binary_array
+from flamepy._cache.codec import binary_array
 
 log = logging.getLogger("flame_testkit.cache")
 
@@ -218,7 +218,7 @@ class DiskBackend(Protocol):
 
 class StoreWatcher(Protocol):
     """Told, under the store's lock, when an object becomes or stops being the one
-    a key holds as it is (``_cache_local`` names adopted files after them)."""
+    a key holds as it is (``_cache.local`` names adopted files after them)."""
 
     def stored(self, obj: CacheObject) -> None:
         """``obj`` is now the object at its key, with no patches."""

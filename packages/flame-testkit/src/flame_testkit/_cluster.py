@@ -55,8 +55,8 @@ from flame_testkit._servicer import FrontendOptions, FrontendServicer
 from flame_testkit._state import DEFAULT_RETRY_LIMIT, ClusterState
 from flame_testkit._task_archive import TaskArchive
 from flame_testkit.dashboard import start_dashboard
-from flamepy import _cache_inproc as cache_inproc
 from flamepy import _inproc as inproc
+from flamepy._cache import inproc as cache_inproc
 from flamepy._config import (
     FLAME_CA_FILE,
     FLAME_CACHE_ENDPOINT,

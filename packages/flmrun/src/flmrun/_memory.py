@@ -79,10 +79,10 @@ def apply_from_env() -> bool:
     This module imports nothing of flamepy: importing the ``flamepy`` package
     starts threads (gRPC, Arrow), and glibc fixes its arena limit when the first
     thread arena is made, so ``M_ARENA_MAX`` must come first.  flamepy's own
-    client-side policy (``flamepy._memory``) is then told that the process has
+    client-side policy (``flamepy._cache.memory``) is then told that the process has
     chosen, so that it does not apply ``FLAME_HEAP_KEEP`` over this."""
     applied = keep_freed_memory(heap_keep_from_env(os.environ.get(HEAP_KEEP_ENV)))
-    from flamepy._memory import policy_chosen
+    from flamepy._cache.memory import policy_chosen
 
     policy_chosen(applied)
     return applied

@@ -31,7 +31,7 @@ from typing import Any
 
 import cloudpickle
 
-from flamepy._cache_codec import MAGIC_PICKLE, as_native, encode_opaque, unpickle
+from flamepy._cache.codec import MAGIC_PICKLE, as_native, encode_opaque, unpickle
 from flamepy._pickle import PROTOCOL, is_plain
 from flamepy.core.cache import ObjectRef, get_object, put_encoded, put_object, update_object
 from flamepy.runner._calls import size_hint

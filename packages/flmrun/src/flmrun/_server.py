@@ -37,7 +37,7 @@ from typing import TypeAlias, cast
 
 import grpc
 
-from flamepy._cache_maps import keep_mappings
+from flamepy._cache.maps import keep_mappings
 from flamepy.proto import shim_pb2_grpc
 from flmrun._errors import InstanceConfigError, ServiceLoadError
 from flmrun._memory import apply_from_env
@@ -280,7 +280,7 @@ def run(service: ServiceSpec, endpoint: str | None = None) -> None:
     This is an instance process's entry point, so it also sets the process's
     memory policy: freed memory is kept for reuse (``flmrun._memory``,
     ``FLMRUN_HEAP_KEEP``), and so are the mappings of the transfer files it
-    writes results into (``flamepy._cache_maps``, at its default bounds).
+    writes results into (``flamepy._cache.maps``, at its default bounds).
     """
     try:
         apply_from_env()

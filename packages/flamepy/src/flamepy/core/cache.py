@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from flamepy import _bson
-from flamepy._cache_client import CacheClient, client_for
+from flamepy._cache.client import CacheClient, client_for
 from flamepy._config import FlameClientTls, FlameContext
 from flamepy._errors import InvalidArgumentError
 from flamepy._pickle import register_wire_class

@@ -14,7 +14,7 @@ import pickle
 from dataclasses import dataclass
 from typing import Any
 
-from flamepy._cache_codec import MAGIC_PICKLE, decode_opaque, unpickle
+from flamepy._cache.codec import MAGIC_PICKLE, decode_opaque, unpickle
 from flamepy._errors import (
     InvalidArgumentError,
     RemoteError,

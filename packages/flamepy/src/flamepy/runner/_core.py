@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from flamepy._async_client import AsyncConnection, AsyncSession, generate_session_id
-from flamepy._cache_client import client_for
+from flamepy._cache.client import client_for
 from flamepy._config import FlameContext
 from flamepy._embedded import check_capacity, resolve_cache_endpoint, resolve_endpoint
 from flamepy._errors import (

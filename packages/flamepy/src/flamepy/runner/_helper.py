@@ -13,7 +13,7 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-from flamepy._cache_codec import unpickle
+from flamepy._cache.codec import unpickle
 from flamepy._errors import ErrorType, RunnerError
 from flamepy.core.cache import ObjectRef, get_object
 from flamepy.runner._calls import decode_output

@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from flamepy._cache_client import CacheClient
+from flamepy._cache.client import CacheClient
 from flamepy._errors import FlameError, NotFoundError
 
 log = logging.getLogger("flamepy.runner.output")

@@ -19,7 +19,7 @@ import urllib.request
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from flamepy._cache_client import client_for
+from flamepy._cache.client import client_for
 from flamepy._config import unix_socket_path
 from flamepy._errors import ConfigError, InternalError
 from flamepy.runner._package import Package, is_package_of

@@ -18,7 +18,7 @@ from typing import Any
 import cloudpickle
 import pyarrow as pa
 
-from flamepy._copy import PARALLEL_MIN, bytes_at
+from flamepy._cache.copying import PARALLEL_MIN, bytes_at
 from flamepy._errors import InvalidArgumentError
 from flamepy._pickle import dumps_after
 
@@ -249,7 +249,7 @@ _ENDS = (b".", b"\x94.")  # STOP, or MEMOIZE + STOP
 def _lone_bytes(body: pa.Buffer) -> bytes | None:
     """The value of a large pickle that is one ``bytes`` object and nothing else (as
     the same-host transfer writes it, or ``pickle.dumps(b)``), copied on two cores
-    (see ``_copy``); None for any other pickle, which is then unpickled."""
+    (see ``_cache.copying``); None for any other pickle, which is then unpickled."""
     size = body.size
     if size < PARALLEL_MIN:
         return None

@@ -21,10 +21,11 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from flamepy import _bson, _cache_inproc
+from flamepy import _bson
 from flamepy import _progress as progress
 from flamepy._auth import flight_middleware, token_for
-from flamepy._cache_codec import (
+from flamepy._cache import inproc as _cache_inproc
+from flamepy._cache.codec import (
     UPLOAD_SCHEMA,
     Native,
     binary_array,
@@ -38,14 +39,14 @@ from flamepy._cache_codec import (
     native_version,
     uint64_array,
 )
-from flamepy._cache_local import (
+from flamepy._cache.local import (
     LOCAL_MIN_BYTES,
     TransferDir,
     direct_size,
     is_loopback,
     object_file,
 )
-from flamepy._cache_maps import WRITER_MAPS
+from flamepy._cache.maps import WRITER_MAPS
 from flamepy._config import unix_socket_path
 from flamepy._errors import (
     ConfigError,
@@ -247,7 +248,7 @@ class CacheClient:
         self._client.close()
         WRITER_MAPS.prune()  # a closed cache may have taken its transfer files along
 
-    # -- same-host transfers (_cache_local) -------------------------------------------
+    # -- same-host transfers (_cache.local) -------------------------------------------
 
     def transfer_dir(self) -> TransferDir | None:
         """The cache's transfer directory, when it offers one this host shares.
@@ -277,14 +278,14 @@ class CacheClient:
 
     @property
     def in_process(self) -> bool:
-        """Whether this endpoint's server runs in this process (``_cache_inproc``)."""
+        """Whether this endpoint's server runs in this process (``_cache.inproc``)."""
         return _cache_inproc.lookup(self.location) is not None
 
     def _do_action(
         self, action: flight.Action, timeout: float | None = None
     ) -> list[flight.Result]:
         """``action``'s results: from the server itself when it runs in this
-        process (``_cache_inproc``), else over Flight."""
+        process (``_cache.inproc``), else over Flight."""
         server = _cache_inproc.lookup(self.location)
         if server is not None:
             return list(server.do_action(None, action))

@@ -17,7 +17,7 @@ only where asked), so the kernel faults it in 2 MiB at a time instead of 4 KiB:
 ones.  Where the advice is not available (another OS, THP off) the copy is the
 same, only slower.  Fresh pages the virtual machine's host has taken back still
 cost 120-200 ms per 100 MB either way, so before its first large copy the
-process starts keeping freed memory (:mod:`flamepy._memory`): the next large
+process starts keeping freed memory (:mod:`flamepy._cache.memory`): the next large
 value then lands in pages it already has.
 """
 
@@ -30,7 +30,7 @@ import sys
 import threading
 from collections.abc import Callable
 
-from flamepy._memory import keep_for_large_values, libc
+from flamepy._cache.memory import keep_for_large_values, libc
 
 PARALLEL_MIN = 8 * 1024 * 1024
 """Payloads at least this big are copied by two threads."""

@@ -13,7 +13,7 @@ freed memory at the heap's top instead of returning it.  The allocator is the
 user's: this is **opt-in** (set ``FLAME_HEAP_KEEP``, e.g. ``1073741824``; unset or
 ``0`` leaves glibc's defaults), as a library must not change its host process
 globally unasked.  It runs the first time the process decodes a large value (a
-``bytes`` of at least :data:`flamepy._copy.PARALLEL_MIN` bytes), so a process that
+``bytes`` of at least :data:`flamepy._cache.copying.PARALLEL_MIN` bytes), so a process that
 never fetches one is never changed.  flmrun's instances, which are our own
 processes, keep freed memory by default (``flmrun._memory``).  How the process's threads
 pick malloc arenas is left alone (the instance process, ``flmrun._memory``,

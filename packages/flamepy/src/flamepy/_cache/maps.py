@@ -13,7 +13,7 @@ other mapping of ours, has the file: a reader's mapping is its own open file and
 makes the lease fail, as before.
 
 A kept file is useless to every other process (their lease fails on it), so a
-claim tries the files its own process keeps first (``_cache_local``): a client
+claim tries the files its own process keeps first (``_cache.local``): a client
 that passes big arguments and an instance that returns big results each find
 their own.  A kept file waiting in the pool holds no memory the pool would not
 hold anyway.  What is kept is bounded (:data:`MAX_FILES`, :data:`MAX_BYTES`),

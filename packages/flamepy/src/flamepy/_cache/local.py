@@ -14,7 +14,7 @@ mapping of the file exists anywhere; a file still mapped by some reader goes
 back to the pool untouched.  A reused file's memory is already allocated, so
 the payload is one copy into warm pages instead of a copy into pages the kernel
 must first find and zero (50 ms and up per 100 MB).  A writer also keeps its
-own mapping of the files it wrote (``_cache_maps``; the lease is asked on the
+own mapping of the files it wrote (``_cache.maps``; the lease is asked on the
 file that mapping holds, so it still proves nobody else has it): writing into
 one again is a plain two-core copy, about 9 ms per 100 MB here, against 20 to
 30 ms through a new mapping.
@@ -56,9 +56,9 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 
-from flamepy._cache_codec import MAGIC_PICKLE, MAGIC_TENSOR, tensor_of
-from flamepy._cache_maps import WRITER_MAPS, Mapped, kept_ids
-from flamepy._copy import PARALLEL_MIN, copy_into
+from flamepy._cache.codec import MAGIC_PICKLE, MAGIC_TENSOR, tensor_of
+from flamepy._cache.copying import PARALLEL_MIN, copy_into
+from flamepy._cache.maps import WRITER_MAPS, Mapped, kept_ids
 
 log = logging.getLogger("flamepy.cache")
 
@@ -171,7 +171,7 @@ class TransferDir:
         A small file is new and ``fill`` writes it through ``fd`` (``mapped`` is
         None).  A file worth reusing (``RECYCLE_MIN_BYTES``) is a pooled one when
         one is free, else a new one, and ``fill`` copies into ``mapped``: this
-        process keeps it open and mapped afterwards (``_cache_maps``), so writing
+        process keeps it open and mapped afterwards (``_cache.maps``), so writing
         into it again costs only the copy.
         """
         if size < RECYCLE_MIN_BYTES:

@@ -6,7 +6,7 @@ server (``DELETE`` and the same-host transfer actions ``LOCAL_DIR``,
 ``LOCAL_PUT``, ``LOCAL_GET``) would each cross two gRPC stacks and the loopback
 interface to reach a handler a few frames away: 1 to 2 ms per action here,
 against tens of microseconds for the handler itself.  The cluster registers
-its server under its endpoint, and a :class:`~flamepy._cache_client.CacheClient`
+its server under its endpoint, and a :class:`~flamepy._cache.client.CacheClient`
 of that endpoint calls the server's ``do_action`` instead.  The bodies and
 results are the very bytes that would travel (BSON in, result bodies out), and
 the handler raises the Arrow errors the Flight client would raise for the
