@@ -1,8 +1,9 @@
 """The asyncio core shared by ``Runner`` and ``AsyncRunner``.
 
 :class:`RunnerCore` owns the application (package, upload, registration cloned
-from the template, cleanup); :class:`ServiceCore` owns one service's context,
-session and call ordering.  The front-ends in ``_runner.py`` only translate.
+from the template, cleanup); :class:`ServiceCore` owns one service's context and
+session, and hands its calls to its :class:`~flamepy.runner._admission.Admission`
+(order, arguments, batches).  The front-ends in ``_runner.py`` only translate.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ from flamepy._types import (
     SessionState,
 )
 from flamepy.core.cache import delete_objects, put_object_async
-from flamepy.runner._batch import Batcher, Call, CallState
-from flamepy.runner._calls import CallResult, SubmissionOrder, Turn, succeeded
+from flamepy.runner._admission import Admission
+from flamepy.runner._batch import Batcher, Call
+from flamepy.runner._calls import succeeded
 from flamepy.runner._controls import CallControls
 from flamepy.runner._deps import INDEX_VARIABLES
 from flamepy.runner._output import RemoteOutput, directory_key, output_enabled
@@ -424,7 +426,7 @@ class RunnerCore:
 
 
 class ServiceCore:
-    """One remote service: its context, its session, and the order of its calls."""
+    """One remote service: its context, its session, and the admission of its calls."""
 
     def __init__(
         self,
@@ -457,11 +459,17 @@ class ServiceCore:
         self.is_function = is_function(execution_object)
         self.methods = [] if self.is_function else public_methods(execution_object)
         ordered = not self.context.autoscale
-        self.order = SubmissionOrder() if ordered else None
         self.batcher = Batcher(self.session, self.cache_prefix, ordered)
         self._session: asyncio.Future[AsyncSession] | None = None
-        self._inflight: set[asyncio.Task[Any]] = set()
         self.controls = CallControls()
+        self.admission = Admission(
+            self.batcher,
+            ordered,
+            arm=lambda call: self.controls.arm(self.batcher, call, self.label),
+            session_open=lambda: self.opened_session_id() is not None,
+        )
+        """Where its calls come in (``_admission``): ``start`` (sync API), ``call``
+        (asyncio API) and ``cancel``."""
         obj = execution_object
         self.label = getattr(obj, "__qualname__", None) or type(obj).__qualname__
 
@@ -500,77 +508,6 @@ class ServiceCore:
             check_arguments(args, kwargs)
         return self.batcher.new_call(method, args, kwargs)
 
-    def start(self, call: Call) -> None:
-        """Admit one call made through the sync API; runs on the loop, in the order
-        the calls were made.  A call with nothing to wait for (the usual case) is
-        queued at once: no task and no future of its own.  Any other one, and every
-        call of an ordered service behind it, is admitted by a task."""
-        if call.state is not CallState.WAITING:
-            return  # cancelled before it came in
-        self.controls.arm(self.batcher, call, self.label)
-        order = self.order
-        ready = (order is None or order.idle()) and self.opened_session_id() is not None
-        if ready and self.batcher.admit_now(call):
-            if order is not None and call.state is CallState.WAITING:
-                order.hold(call.entered_future())  # it waits for a call of ours
-            return
-        turn = order() if order is not None else None  # taken now, in call order
-        task = call.task = asyncio.ensure_future(self._admit_later(call, turn))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
-
-    async def _admit_in_turn(self, call: Call, turn: Turn | None) -> asyncio.Future[CallResult]:
-        """:meth:`Batcher.admit`, once ``turn`` (if any) has come; the turn passes on
-        when it returns."""
-        if turn is not None:
-            await turn.wait()  # if cancelled, it passes the turn on in time
-        try:
-            return await self.batcher.admit(call)
-        finally:
-            if turn is not None:
-                turn.release()
-
-    async def _admit_later(self, call: Call, turn: Turn | None) -> None:
-        try:
-            await self._admit_in_turn(call, turn)
-        except BaseException as exc:
-            self.batcher.abandon(call, exc)  # the call's own result carries the error
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            call.task = None
-
-    def cancel(self, call: Call) -> bool:
-        """Cancel a call that is not in a task yet (waiting for its arguments, or
-        queued in a batch not sent); runs on the loop.  Its dependents fail with
-        TaskCancelledError too.  A call whose task exists cannot be cancelled: Flame
-        has no task cancellation (closing the session cancels its pending tasks)."""
-        if call.state is CallState.QUEUED:
-            return self.batcher.cancel_queued(call)
-        if call.state is not CallState.WAITING:
-            return False
-        if call.task is not None:
-            call.task.cancel()
-        self.batcher.abandon(call, asyncio.CancelledError())
-        return True
-
-    async def call(self, call: Call) -> CallResult:
-        """Run one call: its dependencies, its turn (ordered services), its batch."""
-        task = asyncio.current_task()
-        if task is not None:
-            self._inflight.add(task)
-        self.controls.arm(self.batcher, call, self.label)
-        try:
-            turn = self.order() if self.order is not None else None
-            result = await self._admit_in_turn(call, turn)
-            return await result
-        except BaseException as exc:
-            self.batcher.abandon(call, exc)
-            raise
-        finally:
-            if task is not None:
-                self._inflight.discard(task)
-
     def opened_session_id(self) -> str | None:
         """The id of this service's session, if it was opened."""
         session = self._session
@@ -582,8 +519,7 @@ class ServiceCore:
         without waiting for calls in flight.  Returns how many calls were running or
         pending on the cluster, and whether the session could be closed."""
         error = TaskCancelledError("the Runner was interrupted before the call finished")
-        for task in list(self._inflight):
-            task.cancel()
+        self.admission.cancel_tasks()
         in_flight = self.batcher.interrupt(error)
         if self._session is None or not self._session.done() or self._session.exception():
             return in_flight, True
@@ -605,7 +541,7 @@ class ServiceCore:
         session is left open because a task still runs."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CLOSE_WAIT
-        pending = [c.outcome() for c in self.batcher.live] + list(self._inflight)
+        pending = [c.outcome() for c in self.batcher.live] + self.admission.tasks()
         if pending:
             await asyncio.wait(pending, timeout=CLOSE_WAIT)
         if self._session is None:

@@ -117,7 +117,7 @@ class ObjectFuture(Dependency):
 
     async def _cancel(self) -> bool:
         self._loop.run_posted()  # the call may not have come in yet
-        return self._service.cancel(self._call)  # type: ignore[no-any-return]
+        return self._service.admission.cancel(self._call)  # type: ignore[no-any-return]
 
     async def _call_result(self) -> CallResult:
         await settled(self._call)

@@ -126,7 +126,7 @@ class RunnerService(_ServiceFront[ObjectFuture]):
         loop = self._runner._loop
         core = self._core
         call = core.new_call(method, args, kwargs)
-        loop.post(core.start, call)
+        loop.post(core.admission.start, call)
         return ObjectFuture(call, loop, self._ref_prefix, core)
 
     def close(self) -> None:
@@ -361,7 +361,7 @@ class AsyncRunnerService(_ServiceFront[AsyncObjectFuture]):
         self, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AsyncObjectFuture:
         call = self._core.new_call(method, args, kwargs)
-        task = asyncio.ensure_future(self._core.call(call))
+        task = asyncio.ensure_future(self._core.admission.call(call))
         return AsyncObjectFuture(task, self._ref_prefix, call)
 
     async def wait_ready(self) -> AsyncRunnerService:
