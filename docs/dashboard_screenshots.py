@@ -14,22 +14,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from _browser import launch  # docs/_browser.py: this script's folder is on sys.path
 from playwright.sync_api import Page, sync_playwright
 
 from flame_testkit import ClusterThread, LocalClusterConfig
 
 IMAGES = Path(__file__).parent / "images"
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 LIB = """
 import time
 
@@ -85,7 +75,7 @@ def main() -> None:
         url = str(cluster.dashboard_url)
         try:
             with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+                browser = launch(p)
                 page = browser.new_page(viewport={"width": 1280, "height": 800})
                 _shot(page, f"{url}#/", "overview", "#chart .u-over", settle=8)
                 _shot(page, f"{url}#/sessions", "sessions", f'tr[data-session="{work}"]')

@@ -20,21 +20,12 @@ import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from _browser import launch  # docs/_browser.py: this script's folder is on sys.path
 from playwright.sync_api import Route, ViewportSize, sync_playwright
 
 DOCS = Path(__file__).resolve().parent
 REPO = DOCS.parent
 IMAGES = DOCS / "images"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 VIEWPORT: ViewportSize = {"width": 1280, "height": 900}
 PAGES = {
     "getting-started.png": "getting-started/",
@@ -70,7 +61,7 @@ def shoot(base: str) -> None:
 
     IMAGES.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = launch(p)
         try:
             page = browser.new_page(viewport=VIEWPORT)
             page.route("**/*", local_only)
