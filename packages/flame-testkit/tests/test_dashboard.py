@@ -273,3 +273,25 @@ def test_the_embedded_cluster_serves_it_with_flame_dashboard_1(tmp_path: Path) -
         text=True, timeout=180,
     )  # fmt: skip
     assert plain.returncode != 0 and "flame dashboard" not in plain.stderr  # none started
+
+
+WITHOUT_AIOHTTP = """
+import sys
+sys.modules["aiohttp"] = None  # as if flame-testkit[dashboard] were not installed
+from flame_testkit import ClusterThread, LocalClusterConfig, LocalClusterError
+try:
+    with ClusterThread(LocalClusterConfig(dashboard=True, capacity=1)):
+        pass
+except LocalClusterError as exc:
+    print(type(exc).__name__, exc)
+"""
+
+
+def test_without_aiohttp_the_dashboard_says_what_to_install(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", WITHOUT_AIOHTTP], cwd=tmp_path, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ClusterConfigError the dashboard needs aiohttp")
+    assert "pip install 'flame-testkit[dashboard]'" in proc.stdout

@@ -12,7 +12,7 @@ import flame_testkit
 def test_all_is_pinned() -> None:
     assert set(flame_testkit.__all__) == {
         "FLMRUN_APP", "TEST_APP", "ClusterThread", "LocalCluster", "LocalClusterConfig",
-        "__version__", "embedded_cluster",
+        "__version__", "embedded_cluster", "ClusterConfigError", "LocalClusterError",
     }  # fmt: skip
 
 

@@ -13,15 +13,18 @@ from flame_testkit._cluster import (
     LocalClusterConfig,
 )
 from flame_testkit._embedded import embedded_cluster
+from flame_testkit._errors import ClusterConfigError, LocalClusterError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FLMRUN_APP",
     "TEST_APP",
+    "ClusterConfigError",
     "ClusterThread",
     "LocalCluster",
     "LocalClusterConfig",
+    "LocalClusterError",
     "__version__",
     "embedded_cluster",
 ]
