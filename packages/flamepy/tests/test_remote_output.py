@@ -43,6 +43,11 @@ def flood(lines):
         print(chunk, i)
     return lines
 
+def ticker(seconds):
+    print("tick before the wait")
+    time.sleep(seconds)
+    return "finished"
+
 class Counter:
     def __init__(self):
         print("counter built")
@@ -237,3 +242,34 @@ with Runner("output", output=False) as rr:
     assert "no logs of an executor 'no-such-executor'" in capsys.readouterr().err
     assert main(["--endpoint", "http://127.0.0.1:9", "logs"]) == 1
     assert "keeps them on each executor's node" in capsys.readouterr().err
+
+
+def test_lines_arrive_while_the_call_still_runs(tmp_path: Path, flame_env: ClusterThread) -> None:
+    proc = _run(
+        tmp_path,
+        """
+import io, sys, time
+
+class Recorder(io.TextIOBase):
+    def __init__(self):
+        self.seen = []
+
+    def write(self, text):
+        self.seen.append((time.monotonic(), text))
+        return len(text)
+
+recorder, real = Recorder(), sys.stdout
+sys.stdout = recorder
+with Runner("output") as rr:
+    call = rr.service(lib.ticker)(3)
+    value = call.get()
+    returned = time.monotonic()
+sys.stdout = real
+arrived = next(t for t, text in recorder.seen if "tick before the wait" in text)
+print(value, round(returned - arrived, 1))
+""",
+    )
+    assert proc.returncode == 0, proc.stderr
+    value, ahead = proc.stdout.split()
+    # the line came while the call slept, seconds before its result
+    assert value == "finished" and float(ahead) >= 1.5, proc.stdout
