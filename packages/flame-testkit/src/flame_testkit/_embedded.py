@@ -11,6 +11,7 @@ from flame_testkit._cluster import ClusterThread, LocalClusterConfig
 from flame_testkit._errors import ClusterConfigError
 from flame_testkit._executor import DEFAULT_CAPACITY
 from flame_testkit.dashboard import DASHBOARD_ENV
+from flamepy._config import env_switch
 from flamepy._loop import background_loop
 
 _lock = threading.Lock()
@@ -46,10 +47,6 @@ def embedded_capacity() -> int:
 # the loopback interface only costs CPU; every IPC reader accepts both).
 
 
-def _flag(name: str) -> bool:
-    return (os.environ.get(name) or "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def embedded_cluster(capacity: int | None = None) -> ClusterThread:
     """The process-wide local cluster, started on first use and stopped at exit.
 
@@ -68,7 +65,7 @@ def embedded_cluster(capacity: int | None = None) -> ClusterThread:
                         in_process=True,
                         cache_compression=None,
                         cache_local_transfer=True,
-                        dashboard=_flag(DASHBOARD_ENV),
+                        dashboard=env_switch(DASHBOARD_ENV, default=False),
                     ),
                     loop=shared.loop,
                 )

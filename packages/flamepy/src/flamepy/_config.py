@@ -137,6 +137,22 @@ class FlameCacheConfig:
     storage: str | None
 
 
+SWITCH_OFF = frozenset({"0", "false", "no", "off"})
+SWITCH_ON = frozenset({"1", "true", "yes", "on"})
+
+
+def env_switch(name: str, default: bool) -> bool:
+    """An on/off environment variable (``FLAME_OUTPUT``, ``FLAME_PROGRESS``, ...):
+    ``0``/``false``/``no``/``off`` is off, ``1``/``true``/``yes``/``on`` is on, and
+    anything else (or unset) is ``default``."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in SWITCH_OFF:
+        return False
+    if value in SWITCH_ON:
+        return True
+    return default
+
+
 def unix_socket_path(url: str) -> str | None:
     """The socket path of a ``unix:`` or ``grpc+unix:`` endpoint; None for other schemes.
 

@@ -56,8 +56,9 @@ def list_logs(directory: Path) -> str:
     rows = []
     for out in directory.glob("*.out"):
         err = out.with_suffix(".err")
-        size = out.stat().st_size + (err.stat().st_size if err.exists() else 0)
-        rows.append((out.stat().st_mtime, out.stem, size))
+        info = out.stat()
+        size = info.st_size + (err.stat().st_size if err.exists() else 0)
+        rows.append((info.st_mtime, out.stem, size))
     if not rows:
         return f"no instance logs in {directory}"
     rows.sort(reverse=True)

@@ -9,22 +9,22 @@ depend on it.
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 from types import TracebackType
 from typing import Any
+
+from flamepy._config import env_switch
 
 PROGRESS_ENV = "FLAME_PROGRESS"
 MIN_CALLS = 100
 """A wait on at least this many calls shows a bar."""
 MIN_BYTES = 16 * 1024 * 1024
 """Packaging or uploading at least this many bytes shows a bar."""
-_OFF = ("0", "off", "false", "no")
 
 
 def enabled() -> bool:
-    if os.environ.get(PROGRESS_ENV, "").strip().lower() in _OFF:
+    if not env_switch(PROGRESS_ENV, default=True):
         return False
     try:
         if not sys.stderr.isatty():

@@ -62,6 +62,8 @@ def failure_of(output: bytes | None) -> Failure | None:
     if not output:
         return None
     if output.startswith(BATCH_RESULT_MAGIC):
+        if ERROR_RESULT_MAGIC not in output:
+            return None  # no failed call in it: nothing to unpickle (the usual case)
         outputs = _read(output[len(BATCH_RESULT_MAGIC) :])
         if isinstance(outputs, list):
             for each in outputs:

@@ -625,23 +625,25 @@ class CacheClient:
             return base
         return deserializer(base, [decode_opaque(p) for p in entry.patches])
 
-    def patches_since(self, key: str, version: int) -> tuple[int, list[Any]]:
-        """The patches of ``key`` newer than ``version``, decoded, and the object's
-        version now: a follower's read (remote output), which keeps no copy.
-
-        ``version`` 0 reads the whole object and returns its patches only."""
+    def patches_since(self, key: str, version: int) -> tuple[int, Any, list[Any]]:
+        """A follower's read (remote output), which keeps no copy: the object's version
+        now, its base (decoded, when the reply carries it: always for ``version`` 0,
+        else None) and its patches newer than ``version``, decoded."""
         validate_key(key, parts=(3,), what="object key")
         what = f"patches_since({key})"
         schema, batches = self._call(what, lambda: self._fetch(key, version))
         if is_native_schema(schema):
             raise InvalidArgumentError(f"{what}: {key} is a table, which has no patches")
         newest = version
+        base = None
         values = []
         for row_version, kind, data in _rows(batches):
             newest = max(newest, row_version)
-            if kind == "patch" and row_version > version:
+            if kind == "base":
+                base = decode_opaque(data)
+            elif row_version > version:
                 values.append(decode_opaque(data))
-        return newest, values
+        return newest, base, values
 
     def keys(self, prefix: str) -> list[str]:
         """Every key the cache lists (ListFlights) that starts with ``prefix``."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import sys
 import threading
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from flamepy._cache.client import CacheClient
+from flamepy._config import env_switch
 from flamepy._errors import FlameError, NotFoundError
 
 log = logging.getLogger("flamepy.runner.output")
@@ -39,14 +39,13 @@ POLL_SLOW = 0.5
 """Seconds between reads once output has been quiet for a while."""
 _QUIET_AFTER = 20
 """Empty reads after which the poller slows down."""
-_OFF = ("0", "false", "no", "off")
 
 
 def output_enabled(option: bool | None) -> bool:
     """The Runner option if given, else ``FLAME_OUTPUT`` (default on)."""
     if option is not None:
         return option
-    return os.environ.get(OUTPUT_ENV, "1").strip().lower() not in _OFF
+    return env_switch(OUTPUT_ENV, default=True)
 
 
 def directory_key(app: str, session_id: str) -> str:
@@ -149,10 +148,9 @@ class RemoteOutput:
         shown = 0
         following: str | None = None
         first = source.version == 0
-        if first:
+        if first:  # one read: the header (the base) and the patches so far
             try:
-                source.version, patches = self._client.patches_since(source.key, 0)
-                header = self._client.get(source.key)
+                source.version, header, patches = self._client.patches_since(source.key, 0)
             except NotFoundError:
                 return 0
             source.prefix = self._prefix(tail.label, header)
@@ -176,7 +174,7 @@ class RemoteOutput:
 
     def _patches(self, source: _Source) -> list[Any]:
         try:
-            source.version, values = self._client.patches_since(source.key, source.version)
+            source.version, _, values = self._client.patches_since(source.key, source.version)
         except NotFoundError:
             return []
         return values
