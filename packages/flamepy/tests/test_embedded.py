@@ -61,6 +61,26 @@ def test_no_endpoint_starts_an_embedded_cluster(tmp_path: Path) -> None:
     assert plain.stderr.count("embedded local cluster") == 1
 
 
+RUNNER = """
+from flamepy import Runner
+with Runner("once") as rr:
+    print(rr.service(abs)(-2).get())
+"""
+
+
+def test_a_runner_on_the_embedded_cluster_says_so_once(tmp_path: Path) -> None:
+    # A Runner resolves the Frontend and then the cache endpoint: one warning, not
+    # two, and it names flamepy rather than the worker thread it was raised in.
+    proc = subprocess.run(
+        [sys.executable, "-c", RUNNER], cwd=tmp_path, env=_clean_env(tmp_path),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "2"
+    said = [ln for ln in proc.stderr.splitlines() if "embedded local cluster" in ln]
+    assert len(said) == 1 and said[0].startswith("flamepy:0: ConfigWarning: no Flame endpoint")
+
+
 def test_no_endpoint_without_testkit_says_how_to_configure(tmp_path: Path) -> None:
     proc = _run(NO_TESTKIT, tmp_path)
     assert proc.returncode == 0, proc.stderr
